@@ -1,0 +1,3 @@
+"""A high-performance OpenAI-compatible AI gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,177 @@
+"""``gateway serve | simulate | check-config``.
+
+Settings are validated here, in the parent process, before any worker starts:
+a bad value prints one line naming it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from gateway.config import PROVIDERS, ConfigError, Settings, load_settings
+
+log = logging.getLogger("gateway")
+
+SIMULATOR_KEY = "sim-key"
+
+
+def _fail(message: str) -> None:
+    print(f"gateway: config error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the embedded simulator exited at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the embedded simulator did not start listening")
+
+
+def start_embedded_simulator() -> tuple[subprocess.Popen, dict[str, str]]:
+    """Start the simulator in its own process and point every provider at it."""
+    port, admin = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.simulator", "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin)],
+        stdout=subprocess.DEVNULL,
+    )
+    _wait_listening(port, proc)
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "GATEWAY_SIMULATED": "true",
+        "OPENAI_API_KEY": SIMULATOR_KEY,
+        "ANTHROPIC_API_KEY": SIMULATOR_KEY,
+        "GOOGLE_API_KEY": SIMULATOR_KEY,
+        "OPENAI_BASE_URL": base + "/v1",
+        "ANTHROPIC_BASE_URL": base,
+        "GOOGLE_BASE_URL": base,
+        "GATEWAY_SIMULATOR_ADMIN_URL": f"http://127.0.0.1:{admin}",
+    }
+    return proc, env
+
+
+def _needs_simulator(settings: Settings) -> bool:
+    return not settings.configured_providers and not settings.models
+
+
+def serve(args: argparse.Namespace) -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    workers = args.workers or settings.worker_processes
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    sim = None
+    if _needs_simulator(settings):
+        sim, sim_env = start_embedded_simulator()
+        os.environ.update(sim_env)
+        log.warning(
+            "no provider API key found (%s): serving against the embedded provider simulator at %s; "
+            "simulator admin %s",
+            ", ".join(p.upper() + "_API_KEY" for p in PROVIDERS),
+            sim_env["ANTHROPIC_BASE_URL"],
+            sim_env["GATEWAY_SIMULATOR_ADMIN_URL"],
+        )
+        settings = load_settings()
+    else:
+        log.info("providers configured: %s", ", ".join(settings.configured_providers) or "(model groups only)")
+
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    keys = list(settings.api_keys)
+    log.info(
+        "gateway listening on http://%s:%d (%d worker%s, %d API key%s)",
+        settings.host, settings.port, workers, "s" if workers > 1 else "", len(keys), "s" if len(keys) > 1 else "",
+    )
+    server = Granian(
+        "gateway.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        loop=Loops.uvloop,
+        workers=workers,
+        backlog=max(128, settings.worker_connections),
+        backpressure=settings.worker_connections,
+        http1_settings=HTTP1Settings(keep_alive=True),
+        log_level=settings.log_level.lower() if settings.log_level != "CRITICAL" else "critical",
+        log_access=settings.log_level == "DEBUG",
+        # In-flight requests get the request deadline to finish on shutdown.
+        workers_kill_timeout=int(settings.request_timeout_seconds) + 5,
+    )
+    try:
+        server.serve()
+    finally:
+        if sim is not None:
+            sim.send_signal(signal.SIGTERM)
+            try:
+                sim.wait(5)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+
+
+def check_config(args: argparse.Namespace) -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+    providers = settings.configured_providers or ["(none: the embedded simulator would be used)"]
+    print(f"ok: providers {', '.join(providers)}; {len(settings.models)} model groups; {len(settings.api_keys)} keys")
+
+
+def simulate(args: argparse.Namespace) -> None:
+    from gateway import simulator
+
+    simulator.run(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible AI gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway under Granian")
+    p.add_argument("--host", help="overrides API_URL's host")
+    p.add_argument("--port", type=int, help="overrides API_URL's port")
+    p.add_argument("--workers", type=int, help="overrides WORKER_PROCESSES")
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("simulate", help="run the provider simulator (OpenAI, Anthropic and Gemini wire formats)")
+    from gateway import simulator
+
+    simulator.add_arguments(p)
+    p.set_defaults(func=simulate)
+
+    p = sub.add_parser("check-config", help="validate the settings and exit")
+    p.set_defaults(func=check_config)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Helpers the provider adapters share: message flattening, errors, OpenAI shapes.
+
+Everything here is pure and cheap; adapters call it on the hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import orjson
+
+from gateway.errors import GatewayError, invalid, upstream_error
+from gateway.providers.base import StreamState
+
+CHUNK = "chat.completion.chunk"
+
+# Parameters the OpenAI adapter passes through but the translating adapters
+# cannot honour yet. Each changes what the client gets back, so dropping them
+# silently would be worse than a 400.
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs", "audio")
+
+
+def new_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# --- request side -------------------------------------------------------------
+
+
+def reject_unsupported(body: dict, label: str) -> None:
+    """A 400 naming the first OpenAI feature ``label`` cannot serve through us."""
+    for name in UNSUPPORTED:
+        value = body.get(name)
+        if not value:  # absent, None, False, [] and {} ask for nothing
+            continue
+        if name == "response_format" and isinstance(value, dict) and value.get("type") == "text":
+            continue  # the default; asks for nothing
+        raise invalid(
+            f"'{name}' is not supported for provider {label} through this gateway yet.",
+            param=name,
+            code="unsupported_parameter",
+        )
+
+
+def text_parts(content: object, i: int, label: str) -> list[str]:
+    """The non-empty texts of one message's content (a string or a list of parts)."""
+    if isinstance(content, str):
+        return [content] if content else []
+    if content is None:
+        return []
+    texts: list[str] = []
+    for j, part in enumerate(content):  # validated: a list of dicts with a string "type"
+        kind = part.get("type")
+        if kind != "text":
+            raise invalid(
+                f"Content parts of type '{kind}' are not supported by {label} through this gateway yet.",
+                param=f"messages[{i}].content",
+                code="unsupported_content",
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise invalid(
+                f"'messages[{i}].content[{j}].text' must be a string.",
+                param=f"messages[{i}].content[{j}].text",
+                code="invalid_type",
+            )
+        if text:
+            texts.append(text)
+    return texts
+
+
+def split_messages(messages: list[dict], label: str, assistant_role: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """System texts, and the conversation as alternating ``(role, texts)`` turns.
+
+    System and developer messages are lifted out (wherever they appear), because
+    Anthropic and Gemini take them apart from the turns. Consecutive messages of
+    one role are merged and empty ones dropped, because both providers require
+    user/assistant alternation and reject empty text.
+    """
+    system: list[str] = []
+    turns: list[tuple[str, list[str]]] = []
+    for i, msg in enumerate(messages):
+        role = msg.get("role")
+        if role == "tool" or role == "function":
+            raise invalid(
+                f"Messages with role '{role}' are not supported by {label} through this gateway yet.",
+                param=f"messages[{i}].role",
+                code="unsupported_parameter",
+            )
+        if msg.get("tool_calls") or msg.get("function_call"):
+            raise invalid(
+                f"Assistant tool calls are not supported by {label} through this gateway yet.",
+                param=f"messages[{i}].tool_calls",
+                code="unsupported_parameter",
+            )
+        texts = text_parts(msg.get("content"), i, label)
+        if role == "system" or role == "developer":
+            system.extend(texts)
+            continue
+        if not texts:
+            continue
+        if role == "assistant":
+            role = assistant_role
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(texts)
+        else:
+            turns.append((role, texts))
+    if not turns:
+        raise invalid(
+            f"{label} needs at least one user or assistant message with text.",
+            param="messages",
+            code="invalid_value",
+        )
+    return system, turns
+
+
+def max_tokens(body: dict) -> int | None:
+    """``max_completion_tokens`` wins: it is OpenAI's replacement for ``max_tokens``."""
+    value = body.get("max_completion_tokens")
+    return value if value is not None else body.get("max_tokens")
+
+
+def stop_list(body: dict) -> list[str] | None:
+    stop = body.get("stop")
+    if not stop:
+        return None
+    return [stop] if isinstance(stop, str) else stop
+
+
+# --- response side ------------------------------------------------------------
+
+
+def usage(prompt: int, completion: int, total: int | None = None) -> dict:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total if total is not None else prompt + completion,
+    }
+
+
+def completion(id: str, model: str, choices: list[dict], usage: dict) -> dict:
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": now(),
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def choice(index: int, content: str, finish_reason: str | None) -> dict:
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": finish_reason,
+        "logprobs": None,
+    }
+
+
+def chunk(state: StreamState, delta: dict, finish_reason: str | None = None, index: int = 0) -> dict:
+    return {
+        "id": state.id,
+        "object": CHUNK,
+        "created": state.created,
+        "model": state.model,
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
+
+
+def role_chunk(state: StreamState, index: int = 0) -> dict:
+    """The first chunk of each choice, as OpenAI sends it."""
+    return chunk(state, {"role": "assistant", "content": ""}, None, index)
+
+
+# --- errors -------------------------------------------------------------------
+
+
+def bad_upstream(label: str, what: str) -> GatewayError:
+    """A 502 for an upstream body we cannot read: the provider broke its contract."""
+    return upstream_error(502, f"{label} returned a malformed response: {what}.", code="upstream_bad_response")
+
+
+def load_object(data: bytes, label: str) -> dict:
+    """Parse an upstream JSON object, or raise a 502 saying why not."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise bad_upstream(label, "body is not JSON") from None
+    if not isinstance(obj, dict):
+        raise bad_upstream(label, "expected a JSON object")
+    return obj
+
+
+def error_details(data: bytes) -> tuple[dict, str]:
+    """The provider's error object (``{}`` if none) and a human message.
+
+    Handles OpenAI/Gemini ``{"error": {...}}``, Anthropic ``{"type": "error",
+    "error": {...}}``, Gemini's occasional ``[{"error": ...}]``, ``{"error":
+    "text"}`` from OpenAI-compatible servers, and non-JSON or empty bodies.
+    """
+    try:
+        obj = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, list) and obj:
+        obj = obj[0]
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict):
+            message = err.get("message")
+            if isinstance(message, str) and message:
+                return err, message
+            return err, "no error message"
+        if isinstance(err, str) and err:
+            return {}, err
+        message = obj.get("message") or obj.get("detail")
+        if isinstance(message, str) and message:
+            return obj, message
+    text = data[:200].decode("utf-8", "replace").strip() if data else ""
+    return {}, f"non-JSON body: {text}" if text else "empty body"
+
+
+def map_status(label: str, status: int, message: str) -> GatewayError:
+    """The shared status policy: the client's 4xx stay 4xx, provider failures become 502.
+
+    401/403 mean the gateway's own key is bad, so the provider's message (which
+    may echo part of that key) is not shown to the client.
+    """
+    if status == 401 or status == 403:
+        return GatewayError(
+            status,
+            f"The gateway's credentials for {label} were rejected (upstream HTTP {status}); "
+            "the gateway operator must fix this deployment's API key.",
+            "authentication_error" if status == 401 else "permission_error",
+            None,
+            "upstream_auth_error",
+        )
+    if status == 429:
+        return GatewayError(429, f"{label} rate limit: {message}", "rate_limit_error", None, "rate_limit_exceeded")
+    if 400 <= status < 500 and status != 408:
+        code = "request_too_large" if status == 413 else None
+        return GatewayError(status, f"{label} rejected the request: {message}", "invalid_request_error", None, code)
+    overloaded = status == 529 or status == 503
+    return upstream_error(
+        502,
+        f"{label} failed with HTTP {status}{' (overloaded)' if overloaded else ''}: {message}",
+        code="upstream_overloaded" if overloaded else "upstream_error",
+    )

@@ -1,0 +1,193 @@
+"""Google Gemini API (generateContent / streamGenerateContent) ⇄ OpenAI (text only).
+
+Request: system/developer messages become ``systemInstruction``; assistant
+turns are role ``model``; turns are merged to alternate. Passed in
+``generationConfig``: max tokens, temperature, top_p, stop, n
+(``candidateCount``), seed, presence_penalty, frequency_penalty. Ignored,
+because Gemini has no equivalent: user, logit_bias, store, metadata,
+reasoning_effort, parallel_tool_calls. Rejected with a 400: the features in
+``common.UNSUPPORTED``.
+
+A streamed Gemini event is a whole ``GenerateContentResponse`` holding the next
+piece of each candidate, so one event can yield several chunks.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import orjson
+
+from gateway.errors import GatewayError
+from gateway.providers.base import Deployment, StreamState, UpstreamRequest
+from gateway.providers.common import (
+    bad_upstream,
+    choice,
+    chunk,
+    completion,
+    error_details,
+    load_object,
+    map_status,
+    max_tokens,
+    new_id,
+    now,
+    reject_unsupported,
+    role_chunk,
+    split_messages,
+    stop_list,
+    usage,
+)
+
+LABEL = "Google"
+
+FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
+
+# OpenAI name -> generationConfig name, for the parameters that map one to one.
+GENERATION_PARAMS = (
+    ("temperature", "temperature"),
+    ("top_p", "topP"),
+    ("n", "candidateCount"),
+    ("seed", "seed"),
+    ("presence_penalty", "presencePenalty"),
+    ("frequency_penalty", "frequencyPenalty"),
+)
+
+
+def finish_reason(reason: str) -> str:
+    if reason == "MAX_TOKENS":
+        return "length"
+    return "content_filter" if reason in FILTERED else "stop"
+
+
+@lru_cache(maxsize=256)
+def _endpoint(base_url: str, model: str, api_key: str, stream: bool) -> tuple[str, dict[str, str]]:
+    action = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    return f"{base_url}/v1beta/models/{model}:{action}", {"x-goog-api-key": api_key, "content-type": "application/json"}
+
+
+def build_request(body: dict, deployment: Deployment, stream: bool) -> UpstreamRequest:
+    reject_unsupported(body, LABEL)
+    system, turns = split_messages(body["messages"], LABEL, "model")
+    out: dict = {"contents": [{"role": role, "parts": [{"text": t} for t in texts]} for role, texts in turns]}
+    if system:
+        out["systemInstruction"] = {"parts": [{"text": t} for t in system]}
+    config: dict = {}
+    limit = max_tokens(body)
+    if limit is not None:
+        config["maxOutputTokens"] = limit
+    for name, gemini_name in GENERATION_PARAMS:
+        value = body.get(name)
+        if value is not None:
+            config[gemini_name] = value
+    stop = stop_list(body)
+    if stop:
+        config["stopSequences"] = stop
+    if config:
+        out["generationConfig"] = config
+    url, headers = _endpoint(deployment.base_url, deployment.model, deployment.api_key, stream)
+    return UpstreamRequest("POST", url, dict(headers), orjson.dumps(out))
+
+
+def _usage(meta: dict) -> dict:
+    """Gemini counts thinking tokens apart; OpenAI counts them as completion tokens."""
+    prompt = meta.get("promptTokenCount") or 0
+    completion_tokens = (meta.get("candidatesTokenCount") or 0) + (meta.get("thoughtsTokenCount") or 0)
+    return usage(prompt, completion_tokens, meta.get("totalTokenCount") or prompt + completion_tokens)
+
+
+def _text(candidate: dict) -> str:
+    """Join the text parts; thought summaries and non-text parts are not the answer."""
+    parts = (candidate.get("content") or {}).get("parts") or ()
+    return "".join(p.get("text") or "" for p in parts if not p.get("thought"))
+
+
+def _blocked(obj: dict) -> bool:
+    """A prompt blocked before any generation: no candidates, only promptFeedback."""
+    return not obj.get("candidates") and bool((obj.get("promptFeedback") or {}).get("blockReason"))
+
+
+def parse_response(data: bytes, deployment: Deployment) -> dict:
+    obj = load_object(data, LABEL)
+    if obj.get("error"):
+        raise _embedded_error(obj, data)
+    try:
+        candidates = obj.get("candidates") or []
+        if not isinstance(candidates, list):
+            raise bad_upstream(LABEL, "'candidates' is not an array")
+        if not candidates and not _blocked(obj):
+            raise bad_upstream(LABEL, "no candidates")
+        choices = [
+            choice(c.get("index", i), _text(c), finish_reason(c["finishReason"]) if c.get("finishReason") else "stop")
+            for i, c in enumerate(candidates)
+        ] or [choice(0, "", "content_filter")]
+        response_id = obj.get("responseId")
+        return completion(
+            f"chatcmpl-{response_id}" if response_id else new_id(),
+            obj.get("modelVersion") or deployment.model,
+            choices,
+            _usage(obj.get("usageMetadata") or {}),
+        )
+    except (AttributeError, TypeError) as exc:
+        raise bad_upstream(LABEL, f"unexpected response shape ({exc})") from None
+
+
+def new_stream(body: dict, deployment: Deployment) -> StreamState:
+    state = StreamState(id=new_id(), model=deployment.model, created=now())
+    state.extra["started"] = set()  # candidate indexes that got their role chunk
+    return state
+
+
+def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
+    obj = load_object(data, LABEL)
+    if obj.get("error"):
+        raise _embedded_error(obj, data)
+    try:
+        started: set = state.extra["started"]
+        if not started:  # the first event names the response
+            if obj.get("responseId"):
+                state.id = f"chatcmpl-{obj['responseId']}"
+            state.model = obj.get("modelVersion") or state.model
+        meta = obj.get("usageMetadata")
+        if meta:
+            state.usage = _usage(meta)  # cumulative: the last one reported wins
+        out: list[dict] = []
+        candidates = obj.get("candidates")
+        if not candidates:
+            if _blocked(obj):
+                state.finish_reason = "content_filter"
+                if 0 not in started:
+                    started.add(0)
+                    out.append(role_chunk(state))
+                out.append(chunk(state, {}, "content_filter"))
+            return out
+        for i, candidate in enumerate(candidates):
+            index = candidate.get("index", i)
+            if index not in started:
+                started.add(index)
+                out.append(role_chunk(state, index))
+            text = _text(candidate)
+            if text:
+                out.append(chunk(state, {"content": text}, None, index))
+            reason = candidate.get("finishReason")
+            if reason:
+                state.finish_reason = finish_reason(reason)
+                out.append(chunk(state, {}, state.finish_reason, index))
+        return out
+    except (AttributeError, TypeError, KeyError) as exc:
+        raise bad_upstream(LABEL, f"unexpected stream event shape ({exc!r})") from None
+
+
+def map_error(status: int, data: bytes) -> GatewayError:
+    # Gemini answers a bad API key with 400 INVALID_ARGUMENT; it is the
+    # gateway's credential that failed, not the client's request.
+    if status == 400 and b"API_KEY_INVALID" in data:
+        status = 401
+    _, message = error_details(data)
+    return map_status(LABEL, status, message)
+
+
+def _embedded_error(obj: dict, data: bytes) -> GatewayError:
+    """A Gemini error object in a 200 body or a stream event: its ``code`` is the HTTP status."""
+    err = obj.get("error")
+    code = err.get("code") if isinstance(err, dict) else None
+    return map_error(code if isinstance(code, int) and 400 <= code < 600 else 500, data)

@@ -1,0 +1,110 @@
+"""OpenAI Chat Completions: the body passes through, so every OpenAI feature works.
+
+Only ``model`` is replaced and, when streaming, usage is always requested
+upstream so the gateway can account tokens even when the client did not ask.
+Also serves any OpenAI-compatible server (same wire format).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import orjson
+
+from gateway.errors import GatewayError
+from gateway.providers.base import Deployment, StreamState, UpstreamRequest
+from gateway.providers.common import bad_upstream, error_details, load_object, map_status, new_id, now
+
+LABEL = "OpenAI"
+
+# In-stream errors carry no HTTP status; recover one from the error type/code.
+_TYPE_STATUS = {"invalid_request_error": 400, "rate_limit_error": 429, "rate_limit_exceeded": 429, "insufficient_quota": 429}
+
+
+@lru_cache(maxsize=256)
+def _endpoint(base_url: str, api_key: str) -> tuple[str, dict[str, str]]:
+    return f"{base_url}/chat/completions", {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
+
+
+def build_request(body: dict, deployment: Deployment, stream: bool) -> UpstreamRequest:
+    url, headers = _endpoint(deployment.base_url, deployment.api_key)
+    out = dict(body)
+    out["model"] = deployment.model
+    if stream:
+        out["stream"] = True
+        opts = body.get("stream_options")
+        out["stream_options"] = {**opts, "include_usage": True} if opts else {"include_usage": True}
+    else:
+        out.pop("stream", None)
+        out.pop("stream_options", None)
+    return UpstreamRequest("POST", url, dict(headers), orjson.dumps(out))
+
+
+def parse_response(data: bytes, deployment: Deployment) -> dict:
+    obj = load_object(data, LABEL)
+    if not isinstance(obj.get("choices"), list):
+        if obj.get("error"):
+            raise _embedded_error(data)
+        raise bad_upstream(LABEL, "no 'choices' array")
+    return obj
+
+
+def new_stream(body: dict, deployment: Deployment) -> StreamState:
+    return StreamState(id=new_id(), model=deployment.model, created=now())
+
+
+def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
+    if data == b"[DONE]":
+        return []
+    obj = load_object(data, LABEL)
+    if obj.get("error"):
+        raise _embedded_error(data)
+    # We always ask for usage upstream; whether the client sees it is the
+    # pipeline's call, so the per-chunk "usage": null artefact is dropped too.
+    usage = obj.pop("usage", None)
+    if usage:
+        state.usage = usage
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        if choices is None:
+            return []
+        raise bad_upstream(LABEL, "stream chunk 'choices' is not an array")
+    if not choices:  # the usage-only chunk (choices: [])
+        return []
+    # Mirror the upstream identity so the pipeline's own usage chunk matches.
+    state.id = obj.get("id", state.id)
+    state.model = obj.get("model", state.model)
+    state.created = obj.get("created", state.created)
+    for c in choices:
+        reason = c.get("finish_reason") if isinstance(c, dict) else None
+        if reason:
+            state.finish_reason = reason
+    return [obj]
+
+
+def map_error(status: int, data: bytes) -> GatewayError:
+    err, message = error_details(data)
+    if err and 400 <= status < 500 and status not in (401, 403, 408, 429):
+        # Same API on both sides: keep OpenAI's own type/param/code verbatim.
+        return GatewayError(
+            status,
+            message,
+            err.get("type") or "invalid_request_error",
+            err.get("param"),
+            err.get("code"),
+        )
+    mapped = map_status(LABEL, status, message)
+    if status == 429 and isinstance(err.get("code"), str):
+        mapped.code = err["code"]  # e.g. "insufficient_quota" (the gateway's account) vs "rate_limit_exceeded"
+    return mapped
+
+
+def _embedded_error(data: bytes) -> GatewayError:
+    """An ``{"error": ...}`` body inside a 200 or a stream: no HTTP status to go by."""
+    err, _ = error_details(data)
+    status = 500
+    for key in (err.get("type"), err.get("code")):
+        if isinstance(key, str) and key in _TYPE_STATUS:
+            status = _TYPE_STATUS[key]
+            break
+    return map_error(status, data)

@@ -1,0 +1,89 @@
+"""One attempt against one deployment: adapter + transport.
+
+The router decides where and how often to try; this module only turns an
+OpenAI request into one provider call and its answer back into OpenAI shape.
+Time spent waiting on the provider is added to ``req.upstream_seconds`` so the
+gateway can report its own overhead.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import AsyncIterator
+
+from gateway.errors import GatewayError
+from gateway.providers import get_adapter
+from gateway.providers.base import Deployment, StreamState
+from gateway.request import ChatRequest
+from gateway.sse import SSEDecoder
+from gateway.transport import Transport, UpstreamResponse
+
+
+def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None) -> GatewayError:
+    err = adapter.map_error(status, data)
+    err.upstream_status = status
+    err.retry_after = retry_after
+    return err
+
+
+async def complete(req: ChatRequest, deployment: Deployment, transport: Transport, timeout: float) -> dict:
+    adapter = get_adapter(deployment.provider)
+    upstream = adapter.build_request(req.body, deployment, False)
+    t0 = perf_counter()
+    try:
+        status, data, retry_after = await transport.send(upstream, timeout)
+    finally:
+        req.upstream_seconds += perf_counter() - t0
+    if status >= 400:
+        raise _upstream_error(adapter, status, data, retry_after)
+    return adapter.parse_response(data, deployment)
+
+
+class UpstreamStream:
+    """An open provider stream, yielding batches of OpenAI chunks per network read."""
+
+    __slots__ = ("deployment", "state", "_resp", "_adapter", "_req")
+
+    def __init__(self, req: ChatRequest, deployment: Deployment, resp: UpstreamResponse, adapter, state: StreamState):
+        self._req = req
+        self.deployment = deployment
+        self._resp = resp
+        self._adapter = adapter
+        self.state = state
+
+    async def batches(self) -> AsyncIterator[list[dict]]:
+        parse = self._adapter.parse_stream_event
+        state = self.state
+        decoder = SSEDecoder()
+        try:
+            async for raw in self._resp.chunks():
+                out: list[dict] = []
+                for data in decoder.feed(raw):
+                    out.extend(parse(data, state))
+                if out:
+                    yield out
+            out = []
+            for data in decoder.flush():
+                out.extend(parse(data, state))
+            if out:
+                yield out
+        finally:
+            await self._resp.close()
+
+    async def close(self) -> None:
+        await self._resp.close()
+
+
+async def open_stream(req: ChatRequest, deployment: Deployment, transport: Transport, timeout: float) -> UpstreamStream:
+    adapter = get_adapter(deployment.provider)
+    upstream = adapter.build_request(req.body, deployment, True)
+    t0 = perf_counter()
+    try:
+        resp = await transport.open(upstream, timeout)
+        if resp.status >= 400:
+            data = await resp.read()
+            await resp.close()
+            raise _upstream_error(adapter, resp.status, data, resp.retry_after)
+    finally:
+        req.upstream_seconds += perf_counter() - t0
+    return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment))

@@ -1,0 +1,26 @@
+"""Shared fixtures: a real Redis, free ports."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.redis_server import free_port, session_redis_url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    with session_redis_url() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test (or run) uses, so tests can share one server."""
+    return f"gwtest:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()

@@ -1,0 +1,105 @@
+"""Run the real gateway (``python -m gateway serve``) in a subprocess for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from typing import Iterator
+
+from tests.redis_server import free_port
+
+# Variables that would leak the developer's or CI's own setup into a test gateway.
+_SCRUB = (
+    "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
+    "GOOGLE_BASE_URL", "REDIS_URL", "GATEWAY_CONFIG", "GATEWAY_API_KEYS", "GATEWAY_ADMIN_KEYS", "API_URL",
+    "WORKER_PROCESSES", "GATEWAY_SIMULATED",
+)
+
+API_KEY = "test-key-123"
+ADMIN_KEY = "admin-key-456"
+
+
+def simulator_env(sim_base: str) -> dict[str, str]:
+    """Point all three providers at one simulator (``http://127.0.0.1:PORT``)."""
+    return {
+        "OPENAI_API_KEY": "sk-sim",
+        "ANTHROPIC_API_KEY": "sk-ant-sim",
+        "GOOGLE_API_KEY": "g-sim",
+        "OPENAI_BASE_URL": sim_base + "/v1",
+        "ANTHROPIC_BASE_URL": sim_base,
+        "GOOGLE_BASE_URL": sim_base,
+    }
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.update(overrides)
+    return env
+
+
+class GatewayProcess:
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        defaults = {
+            "API_URL": self.url,
+            "WORKER_PROCESSES": str(workers),
+            "GATEWAY_API_KEYS": API_KEY,
+            "GATEWAY_ADMIN_KEYS": ADMIN_KEY,
+            "LOG_LEVEL": "WARNING",
+        }
+        self.env = clean_env(**(defaults | env))
+        self.logfile = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve"],
+            env=self.env, stdout=self.logfile, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        with open(self.logfile.name, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+
+@contextmanager
+def running_gateway(env: dict[str, str], workers: int = 1) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(env, workers)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        os.unlink(gw.logfile.name)
