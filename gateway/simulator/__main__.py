@@ -1,0 +1,5 @@
+import sys
+
+from gateway.simulator.process import main
+
+sys.exit(main())

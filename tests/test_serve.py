@@ -1,0 +1,60 @@
+"""``gateway serve``: the embedded default, several workers, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import aiohttp
+import orjson
+
+from tests.harness import API_KEY, GatewayProcess, running_gateway
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def test_embedded_default_starts_the_simulator_and_says_so_first():
+    # No provider key, no Redis: the gateway brings its own simulator.
+    with running_gateway({"LOG_LEVEL": "INFO"}) as gw:
+        first_line = gw.log().splitlines()[0]
+        assert "embedded provider simulator" in first_line
+        req = urllib.request.Request(
+            gw.url + "/v1/chat/completions",
+            data=orjson.dumps({"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "hello there"}]}),
+            headers=AUTH | {"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = orjson.loads(r.read())
+        assert "hello there" in body["choices"][0]["message"]["content"]
+        with urllib.request.urlopen(gw.url + "/ready", timeout=5) as r:
+            assert orjson.loads(r.read())["simulated"] is True
+
+
+async def test_graceful_shutdown_finishes_in_flight_requests():
+    gw = GatewayProcess({"LOG_LEVEL": "INFO"}, workers=2)
+    gw.start()
+    try:
+        admin = next(line for line in gw.log().splitlines() if "embedded provider simulator" in line)
+        assert admin
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "slow one"}]}
+        async with aiohttp.ClientSession() as http:
+            # The embedded simulator answers at once; slow it down through its admin API.
+            sim_admin = gw_env_admin(gw)
+            async with http.post(sim_admin + "/_sim/config", json={"provider": "*", "latency_ms": 1500}) as r:
+                assert r.status == 200
+            tasks = [asyncio.create_task(http.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH)) for _ in range(8)]
+            await asyncio.sleep(0.5)
+            gw.proc.terminate()  # SIGTERM while 8 requests are in flight
+            responses = await asyncio.gather(*tasks)
+            assert [r.status for r in responses] == [200] * 8
+        assert gw.proc.wait(20) == 0
+    finally:
+        gw.stop()
+
+
+def gw_env_admin(gw: GatewayProcess) -> str:
+    # The serve process logs the simulator's address; its admin port is exported to workers.
+    for line in gw.log().splitlines():
+        if "simulator admin" in line:
+            return line.rsplit(" ", 1)[-1]
+    raise AssertionError("no simulator admin address in the log:\n" + gw.log())
