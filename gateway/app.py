@@ -10,6 +10,7 @@ Both render failures as OpenAI-shaped errors through ``GatewayError``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -23,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import reload as reloading
 from gateway.auth import require_admin
-from gateway.config import Settings, load_settings
+from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
 from gateway.router import Router
@@ -83,6 +85,8 @@ class Gateway:
                 Route("/v1/models", self.models),
                 Route("/v1/models/{model:path}", self.model),
                 Route("/v1/usage", self.usage_report),
+                Route("/v1/providers", self.providers_report),
+                Route("/admin/reload", self.admin_reload, methods=["POST"]),
             ],
             exception_handlers={GatewayError: self._gateway_error, HTTPException: self._http_error, Exception: self._unexpected},
             lifespan=self.lifespan,
@@ -92,9 +96,34 @@ class Gateway:
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        sighup = reloading.install(self._on_sighup)  # gateway/reload.py: how reloads reach every worker
         yield
+        if sighup:
+            reloading.uninstall()
         # Granian lets in-flight requests finish before this runs; then the pools close.
         await self.router.close()
+
+    def reload_config(self) -> Settings:
+        """Re-read the environment and GATEWAY_CONFIG; swap routing and keys atomically.
+
+        A bad file raises ConfigError and changes nothing. Server settings
+        (address, workers, connection limits) still need a restart.
+        """
+        settings = load_settings()
+        self.router.reload(settings)  # builds everything, then swaps one reference
+        self.settings = settings
+        self.pipeline.settings = settings
+        self.pipeline.keys = settings.api_keys
+        self.pipeline.default_timeout = settings.request_timeout_seconds
+        return settings
+
+    def _on_sighup(self) -> None:
+        try:
+            settings = self.reload_config()
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            return
+        log.info("SIGHUP: config reloaded in worker %d (%d model groups)", os.getpid(), len(settings.models))
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] in CHAT_PATHS:
@@ -145,6 +174,7 @@ class Gateway:
 
     async def _read_body(self, receive, content_length: str | None) -> bytes:
         limit = self.max_body
+        declared = -1
         if content_length is not None:
             try:
                 declared = int(content_length)
@@ -153,10 +183,14 @@ class Gateway:
             if declared > limit:
                 raise _too_large(limit)
         msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise asyncio.CancelledError
         body = msg.get("body", b"")
-        if not msg.get("more_body"):
-            if msg["type"] == "http.disconnect":
-                raise asyncio.CancelledError
+        # Granian sends the whole body with more_body=True and then an empty message;
+        # when Content-Length says we have it all, skip that extra hop through the loop.
+        if not msg.get("more_body") or len(body) == declared:
+            if len(body) > limit:
+                raise _too_large(limit)
             return body
         parts = [body]
         size = len(body)
@@ -271,8 +305,33 @@ class Gateway:
             "status": "ready" if ok else "not_ready",
             "providers": {name: ("configured" if v else "not_configured") for name, v in providers.items()},
             "simulated": self.settings.simulated,
+            # This worker's circuit breakers (closed | open | half_open); open ones do not make it unready:
+            # with a whole group open the gateway still answers at once (503 + Retry-After).
+            "breakers": self.router.breaker_states(),
         }
         return json_response(body, 200 if ok else 503)
+
+    async def providers_report(self, request: Request) -> Response:
+        """Deployment health as this worker sees it: breaker state, EWMA latency, recent error rate."""
+        self._key(request)
+        return json_response({"object": "list", "worker": os.getpid(), "data": self.router.snapshot()})
+
+    async def admin_reload(self, request: Request) -> Response:
+        require_admin(self._key(request))
+        try:
+            settings = self.reload_config()
+        except ConfigError as exc:
+            raise GatewayError(400, f"Config not reloaded: {exc}", "invalid_request_error", None, "invalid_config") from None
+        # Other Granian workers reload on SIGHUP (gateway/reload.py); ?scope=worker reloads this one only.
+        signalled = 0 if request.query_params.get("scope") == "worker" else reloading.signal_siblings()
+        return json_response(
+            {
+                "status": "reloaded",
+                "worker": os.getpid(),
+                "workers_signalled": signalled,
+                "models": sorted(settings.models),
+            }
+        )
 
     async def models(self, request: Request) -> Response:
         self._key(request)
@@ -398,4 +457,11 @@ def create_app() -> Gateway:
     """Granian's factory target: each worker builds its own app from the environment."""
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return Gateway(settings)
+    app = Gateway(settings)
+    # Start-up objects never die: freezing them keeps full collections from rescanning
+    # them, and a higher first threshold makes collections rarer. Measured: +16-18 %
+    # requests/s and a 14 ms lower P99 at 50 connections (README, "Benchmarks").
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    return app

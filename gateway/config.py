@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -44,6 +44,35 @@ class ProviderSettings:
     timeout: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """Retries, circuit breakers and hedging of one model group.
+
+    Defaults come from ``[routing]`` in the TOML file, overridden by
+    ``GATEWAY_<OPTION>`` (e.g. ``GATEWAY_BREAKER_COOLDOWN``); a group's own
+    ``[models.NAME]`` options override both. Times are in seconds.
+    """
+
+    retries: int = 2  # attempts after the first: failover to other deployments, or re-tries
+    backoff_base: float = 0.05  # full-jitter exponential backoff before re-trying a deployment already tried
+    backoff_max: float = 1.0
+    retry_budget: float = 0.2  # re-tries of an already-tried deployment, as a fraction of the group's requests
+    attempt_timeout: float | None = None  # per attempt; None: what is left of the request deadline
+    breaker_failures: int = 5  # consecutive failures that open a deployment's breaker ...
+    breaker_error_rate: float = 0.5  # ... or this failed fraction of the window's attempts
+    breaker_window: float = 10.0
+    breaker_min_requests: int = 20  # attempts in the window before the error rate counts
+    breaker_cooldown: float = 5.0  # open → half-open after this long
+    breaker_probes: int = 2  # trial requests let through half-open; all must succeed to close
+    breaker_stall: float | None = None  # hung: an attempt this overdue (beyond usual latency), no answer meanwhile
+    hedge: bool = False
+    hedge_delay: float | None = None  # None: the group's observed P95 latency
+    hedge_max_fraction: float = 0.1  # hedges never exceed this fraction of the group's requests
+
+
+ROUTE_OPTIONS = frozenset(f.name for f in fields(RoutePolicy))
+
+
 @dataclass(slots=True)
 class ModelGroup:
     """A logical model: what the client names, served by weighted deployments."""
@@ -53,6 +82,8 @@ class ModelGroup:
     strategy: str = "weighted"
     # Resilience knobs read by the router; defaults suit most groups.
     options: dict[str, Any] = field(default_factory=dict)
+    policy: RoutePolicy = field(default_factory=RoutePolicy)
+    plan: Any = field(default=None, repr=False, compare=False)  # the router's runtime state for this group
 
 
 @dataclass(slots=True)
@@ -75,6 +106,8 @@ class Settings:
     simulated: bool = False  # True when serving against the embedded simulator
     models: dict[str, ModelGroup] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    routing: RoutePolicy = field(default_factory=RoutePolicy)  # defaults for every group
+    implicit_fallback: bool | None = None  # None: on when simulated; see router.implicit_group
     # Cache
     redis_url: str | None = None
     cache_ttl_seconds: int = 3600
@@ -253,7 +286,43 @@ def _parse_deployment(name: str, raw: Any, providers: dict[str, ProviderSettings
     )
 
 
-def _parse_models(raw: dict, providers: dict[str, ProviderSettings]) -> dict[str, ModelGroup]:
+def _policy_value(name: str, option: str, raw: Any) -> Any:
+    """One routing option, checked; ``name`` is what an error names (``models.x.retries``, ``GATEWAY_RETRIES``)."""
+    if option in ("retries",):
+        return _int(name, raw, 0, 10)
+    if option in ("breaker_failures", "breaker_min_requests", "breaker_probes"):
+        return _int(name, raw, 1, 1_000_000)
+    if option in ("retry_budget", "hedge_max_fraction"):
+        return _float(name, raw, 0, 1)
+    if option == "breaker_error_rate":
+        return _float(name, raw, 0, 1, lo_open=True)
+    if option == "hedge":
+        return _bool(name, raw)
+    if option == "hedge_delay" and isinstance(raw, str) and raw.strip().lower() == "p95":
+        return None
+    if option in ("attempt_timeout", "breaker_stall") and isinstance(raw, str) and raw.strip().lower() in ("", "none", "off"):
+        return None
+    if option in ("attempt_timeout", "breaker_stall", "hedge_delay"):
+        return _float(name, raw, 0, 3600, lo_open=True)
+    return _float(name, raw, 0, 3600, lo_open=option != "backoff_base")  # backoff_*, breaker_window/cooldown
+
+
+def _parse_policy(prefix: str, raw: dict, base: RoutePolicy, env_style: bool = False) -> RoutePolicy:
+    changes = {}
+    for option, value in raw.items():
+        if option not in ROUTE_OPTIONS:
+            raise ConfigError(f"{prefix}{option}: unknown setting")
+        label = f"GATEWAY_{option.upper()}" if env_style else f"{prefix}{option}"
+        changes[option] = _policy_value(label, option, value)
+    policy = replace(base, **changes)
+    if policy.backoff_max < policy.backoff_base:
+        raise ConfigError(f"{prefix}backoff_max: must be at least backoff_base ({policy.backoff_base:g})")
+    return policy
+
+
+def _parse_models(
+    raw: dict, providers: dict[str, ProviderSettings], routing: RoutePolicy | None = None
+) -> dict[str, ModelGroup]:
     groups: dict[str, ModelGroup] = {}
     for model_name, spec in raw.items():
         name = f"models.{model_name}"
@@ -277,6 +346,7 @@ def _parse_models(raw: dict, providers: dict[str, ProviderSettings]) -> dict[str
             deployments=deployments,
             strategy=_choice(f"{name}.strategy", spec.get("strategy", "weighted"), STRATEGIES),
             options=options,
+            policy=_parse_policy(f"{name}.", options, routing or RoutePolicy()),
         )
     return groups
 
@@ -288,7 +358,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     path = env.get("GATEWAY_CONFIG") or None
     doc = _load_toml(path) if path else {}
     s.config_file = path
-    known_sections = {"gateway", "providers", "models", "aliases", "keys", "cache"}
+    known_sections = {"gateway", "providers", "models", "aliases", "keys", "cache", "routing"}
     unknown = set(doc) - known_sections
     if unknown:
         raise ConfigError(f"GATEWAY_CONFIG: unknown section [{sorted(unknown)[0]}]")
@@ -345,7 +415,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
     s.simulated = _bool("GATEWAY_SIMULATED", env.get("GATEWAY_SIMULATED", "false"))
 
-    s.models = _parse_models(_table("models", doc.get("models")), s.providers)
+    # Routing defaults: [routing] in the file, then GATEWAY_<OPTION> from the environment.
+    s.routing = _parse_policy("routing.", _table("routing", doc.get("routing")), RoutePolicy())
+    env_routing = {o: env[f"GATEWAY_{o.upper()}"] for o in ROUTE_OPTIONS if env.get(f"GATEWAY_{o.upper()}")}
+    s.routing = _parse_policy("routing.", env_routing, s.routing, env_style=True)
+    if env.get("GATEWAY_IMPLICIT_FALLBACK"):
+        s.implicit_fallback = _bool("GATEWAY_IMPLICIT_FALLBACK", env["GATEWAY_IMPLICIT_FALLBACK"])
+    s.models = _parse_models(_table("models", doc.get("models")), s.providers, s.routing)
     aliases = _table("aliases", doc.get("aliases"))
     for alias, target in aliases.items():
         s.aliases[alias] = _str(f"aliases.{alias}", target)

@@ -264,7 +264,7 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(4096)
+    sock.listen(4096)  # create_server listens again with its own backlog: pass 4096 there too
     sock.setblocking(False)
     return sock
 
@@ -304,11 +304,11 @@ class Simulator:
         self.host = host
         sock = _listen(host, port)
         self.port = sock.getsockname()[1]
-        self.server = await self.loop.create_server(lambda: Connection(self, False), sock=sock)
+        self.server = await self.loop.create_server(lambda: Connection(self, False), sock=sock, backlog=4096)
         if admin_port is not None:
             admin = _listen(host, admin_port)
             self.admin_port = admin.getsockname()[1]
-            self.admin_server = await self.loop.create_server(lambda: Connection(self, True), sock=admin)
+            self.admin_server = await self.loop.create_server(lambda: Connection(self, True), sock=admin, backlog=4096)
         self.started = True
         self.sync_listener()
 
@@ -409,7 +409,7 @@ class Simulator:
             self.loop.create_task(self._serve(sock))
 
     async def _serve(self, sock: socket.socket) -> None:
-        server = await self.loop.create_server(lambda: Connection(self, False), sock=sock)
+        server = await self.loop.create_server(lambda: Connection(self, False), sock=sock, backlog=4096)
         if self.server is None and not all(s.mode == "refuse" for s in self.settings.values()):
             self.server = server
         else:
