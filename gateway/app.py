@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from gateway import reload as reloading
 from gateway.auth import require_admin
+from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
@@ -75,7 +76,8 @@ class Gateway:
         self.settings = settings or load_settings()
         self.usage = Usage()
         self.router = Router(self.settings)
-        self.pipeline = Pipeline(self.settings, self.router, self.usage)
+        self.cache = Cache(self.settings.cache_config, self.settings.redis_url) if self.settings.cache_config.enabled else None
+        self.pipeline = Pipeline(self.settings, self.router, self.usage, self.cache)
         self.max_body = self.settings.max_body_bytes
         self.ping_seconds = self.settings.stream_ping_seconds
         self.web = Starlette(
@@ -87,6 +89,8 @@ class Gateway:
                 Route("/v1/usage", self.usage_report),
                 Route("/v1/providers", self.providers_report),
                 Route("/admin/reload", self.admin_reload, methods=["POST"]),
+                Route("/admin/cache", self.admin_cache_stats),
+                Route("/admin/cache/flush", self.admin_cache_flush, methods=["POST"]),
             ],
             exception_handlers={GatewayError: self._gateway_error, HTTPException: self._http_error, Exception: self._unexpected},
             lifespan=self.lifespan,
@@ -97,11 +101,15 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         sighup = reloading.install(self._on_sighup)  # gateway/reload.py: how reloads reach every worker
+        if self.cache is not None:
+            await self.cache.start()  # loads live entries from Redis; never fails on a Redis outage
         yield
         if sighup:
             reloading.uninstall()
         # Granian lets in-flight requests finish before this runs; then the pools close.
         await self.router.close()
+        if self.cache is not None:
+            await self.cache.close()
 
     def reload_config(self) -> Settings:
         """Re-read the environment and GATEWAY_CONFIG; swap routing and keys atomically.
@@ -213,6 +221,13 @@ class Gateway:
             (b"x-gateway-overhead-ms", b"%.3f" % overhead),
         ]
         meta = req.meta
+        status = meta.get("cache_status")
+        if status is not None:
+            out.append((b"x-cache", status.encode()))
+            if meta.get("similarity") is not None:
+                out.append((b"x-cache-similarity", b"%.4f" % meta["similarity"]))
+            if status != "miss" and status != "bypass":
+                return out  # served from the cache: no provider was involved
         d = meta.get("deployment")
         if d is not None:
             out.append((b"x-gateway-provider", d.provider.encode()))
@@ -301,8 +316,15 @@ class Gateway:
     async def ready(self, request: Request) -> Response:
         providers = {name: bool(p.api_key) for name, p in self.settings.providers.items()}
         ok = any(providers.values()) or bool(self.settings.models)
+        redis = "not_configured"
+        if self.settings.redis_url:
+            redis = "up" if self.cache is not None and self.cache.stats()["redis"]["up"] else "down"
         body = {
-            "status": "ready" if ok else "not_ready",
+            # Redis down is "degraded", still 200: the cache falls back to this worker's memory,
+            # and taking every instance out of a load balancer over it would turn a slower
+            # cache into an outage.
+            "status": ("degraded" if redis == "down" else "ready") if ok else "not_ready",
+            "redis": redis,
             "providers": {name: ("configured" if v else "not_configured") for name, v in providers.items()},
             "simulated": self.settings.simulated,
             # This worker's circuit breakers (closed | open | half_open); open ones do not make it unready:
@@ -332,6 +354,26 @@ class Gateway:
                 "models": sorted(settings.models),
             }
         )
+
+    async def admin_cache_stats(self, request: Request) -> Response:
+        require_admin(self._key(request))
+        if self.cache is None:
+            return json_response({"enabled": False, "worker": os.getpid()})
+        return json_response({"enabled": True, "worker": os.getpid(), **self.cache.stats()})
+
+    async def admin_cache_flush(self, request: Request) -> Response:
+        """Drop a namespace (``{"namespace": "x"}``) or everything (``{}``), here, in Redis and in every worker."""
+        require_admin(self._key(request))
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            raise GatewayError(400, "Body must be JSON: {\"namespace\": \"name\"} or {}.", code="invalid_json") from None
+        namespace = body.get("namespace") if isinstance(body, dict) else None
+        if namespace is not None and not isinstance(namespace, str):
+            raise GatewayError(400, "'namespace' must be a string or null.", param="namespace")
+        removed = await self.cache.flush(namespace) if self.cache is not None else 0
+        return json_response({"flushed": namespace or "*", "removed": removed, "worker": os.getpid()})
 
     async def models(self, request: Request) -> Response:
         self._key(request)

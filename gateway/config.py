@@ -112,7 +112,8 @@ class Settings:
     redis_url: str | None = None
     cache_ttl_seconds: int = 3600
     semantic_threshold: float = 0.85
-    cache: dict[str, Any] = field(default_factory=dict)  # the TOML [cache] table, for CacheConfig
+    cache: dict[str, Any] = field(default_factory=dict)  # the TOML [cache] table
+    cache_config: Any = None  # gateway.cache.CacheConfig, built from the above
     # Limits
     rate_limit_requests_per_minute: int = 60
     rate_limit_burst: int = 100
@@ -445,4 +446,26 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         s.api_keys[DEFAULT_API_KEY] = ApiKey(key=DEFAULT_API_KEY, name="default")
 
     s.cache = _table("cache", doc.get("cache"))
+    if env.get("GATEWAY_CACHE"):
+        s.cache["enabled"] = _bool("GATEWAY_CACHE", env["GATEWAY_CACHE"])
+    s.cache_config = _cache_config(s, explicit=lambda key: bool(env.get(key)) or key in file_settings)
     return s
+
+
+def _cache_config(s: Settings, explicit: Callable[[str], bool]):
+    """The cache's own settings: ``[cache]`` in the file, with CACHE_TTL_SECONDS and SEMANTIC_THRESHOLD on top."""
+    from gateway.cache import CacheConfig  # imports onnxruntime before usearch (see gateway/cache/__init__.py)
+
+    mapping = dict(s.cache)
+    for key, name, value in (
+        ("CACHE_TTL_SECONDS", "ttl_seconds", s.cache_ttl_seconds),
+        ("SEMANTIC_THRESHOLD", "semantic_threshold", s.semantic_threshold),
+    ):
+        if explicit(key) or name not in mapping:
+            mapping[name] = value
+    if "max_ttl_seconds" not in mapping:
+        mapping["max_ttl_seconds"] = max(CacheConfig.max_ttl_seconds, mapping["ttl_seconds"])
+    try:
+        return CacheConfig.from_mapping(mapping)
+    except ValueError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None

@@ -24,7 +24,9 @@ def sim():
 
 @pytest.fixture(scope="module")
 def gateway(sim):
-    with running_gateway(simulator_env(sim.base_url) | {"GATEWAY_STREAM_PING_SECONDS": "0.2"}) as gw:
+    # These tests are about providers: the cache (tests/test_cache_gateway.py) would answer repeats.
+    env = simulator_env(sim.base_url) | {"GATEWAY_STREAM_PING_SECONDS": "0.2", "GATEWAY_CACHE": "off"}
+    with running_gateway(env) as gw:
         yield gw
 
 

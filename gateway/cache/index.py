@@ -1,0 +1,188 @@
+"""The in-memory vector index: one shard per semantic scope.
+
+A semantic match is only ever looked for inside one scope (same model, same
+parameters, same system prompt and earlier turns), so the index is sharded by
+scope and a search never has to filter. Most scopes are tiny (one
+conversation, one system prompt): they are a numpy matrix searched exactly.
+A scope that grows past ``SMALL`` entries becomes a usearch HNSW index
+(cosine, f16), whose search cost stays flat as it grows.
+
+usearch is not safe to use from several threads at once, so every call on a
+live index happens on the event-loop thread; each is tens to a few hundred
+microseconds. Removed entries leave their slots to new ones (usearch reuses
+them), but the graph loses quality as it churns, so a shard that has removed
+as many entries as it holds is rebuilt: on the executor, into a new index no
+one else sees, then swapped in with the changes made meanwhile replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+from usearch.index import Index
+
+log = logging.getLogger("gateway.cache")
+
+SMALL = 128
+
+
+def _new_index(dim: int) -> Index:
+    return Index(ndim=dim, metric="cos", dtype="f16", connectivity=16, expansion_add=64, expansion_search=48)
+
+
+class Shard:
+    __slots__ = ("dim", "labels", "pos", "mat", "index", "removed", "pending", "rebuilding")
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.labels: list[int] = []  # small mode: row -> label
+        self.pos: dict[int, int] = {}  # label -> row (small) or presence (HNSW)
+        self.mat = np.empty((4, dim), dtype=np.float32)
+        self.index: Index | None = None
+        self.removed = 0  # removals since the HNSW index was built
+        self.pending: list[tuple[int, int, np.ndarray | None]] | None = None  # changes during a rebuild
+        self.rebuilding = False
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def add(self, label: int, vec: np.ndarray) -> None:
+        if label in self.pos:
+            self.remove(label)
+        if self.index is not None:
+            self.index.add(label, vec)
+            self.pos[label] = -1
+            if self.pending is not None:
+                self.pending.append((1, label, vec))
+            return
+        n = len(self.labels)
+        if n >= SMALL:
+            self._promote()
+            self.add(label, vec)
+            return
+        if n == self.mat.shape[0]:
+            grown = np.empty((min(SMALL, n * 2), self.dim), dtype=np.float32)
+            grown[:n] = self.mat[:n]
+            self.mat = grown
+        self.mat[n] = vec
+        self.labels.append(label)
+        self.pos[label] = n
+
+    def _promote(self) -> None:
+        index = _new_index(self.dim)
+        n = len(self.labels)
+        index.add(np.asarray(self.labels, dtype=np.uint64), self.mat[:n], threads=1)
+        self.index = index
+        self.pos = {label: -1 for label in self.labels}
+        self.labels = []
+        self.mat = np.empty((0, self.dim), dtype=np.float32)
+        self.removed = 0
+
+    def remove(self, label: int) -> bool:
+        row = self.pos.pop(label, None)
+        if row is None:
+            return False
+        if self.index is not None:
+            self.index.remove(label)
+            self.removed += 1
+            if self.pending is not None:
+                self.pending.append((0, label, None))
+            return True
+        last = len(self.labels) - 1
+        if row != last:
+            moved = self.labels[last]
+            self.mat[row] = self.mat[last]
+            self.labels[row] = moved
+            self.pos[moved] = row
+        self.labels.pop()
+        return True
+
+    def search(self, vec: np.ndarray, k: int) -> list[tuple[int, float]]:
+        if self.index is not None:
+            if not self.pos:
+                return []
+            m = self.index.search(vec, k)
+            return [(int(key), 1.0 - float(d)) for key, d in zip(m.keys, m.distances)]
+        n = len(self.labels)
+        if n == 0:
+            return []
+        sims = self.mat[:n] @ vec
+        if n > k:
+            top = np.argpartition(-sims, k)[:k]
+        else:
+            top = np.arange(n)
+        return [(self.labels[i], float(sims[i])) for i in top]
+
+    def needs_rebuild(self) -> bool:
+        return self.index is not None and not self.rebuilding and self.removed >= max(1024, len(self.pos))
+
+
+class VectorIndex:
+    """Scope -> shard, plus the bookkeeping for compaction."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.shards: dict[str, Shard] = {}
+        self.rebuilds = 0
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards.values())
+
+    def add(self, scope: str, label: int, vec: np.ndarray) -> None:
+        shard = self.shards.get(scope)
+        if shard is None:
+            shard = self.shards[scope] = Shard(self.dim)
+        shard.add(label, vec)
+
+    def remove(self, scope: str, label: int) -> None:
+        shard = self.shards.get(scope)
+        if shard is not None and shard.remove(label) and not shard.pos and not shard.rebuilding:
+            del self.shards[scope]
+
+    def search(self, scope: str, vec: np.ndarray, k: int) -> list[tuple[int, float]]:
+        shard = self.shards.get(scope)
+        return shard.search(vec, k) if shard is not None else []
+
+    def hnsw_shards(self) -> int:
+        return sum(1 for s in self.shards.values() if s.index is not None)
+
+    async def compact(self, executor) -> int:
+        """Rebuild the HNSW shards that have churned; returns how many were rebuilt."""
+        done = 0
+        for scope, shard in list(self.shards.items()):
+            if not shard.needs_rebuild():
+                continue
+            shard.rebuilding = True
+            shard.pending = []
+            try:
+                labels = np.fromiter(shard.pos.keys(), dtype=np.uint64, count=len(shard.pos))
+                vecs = (np.vstack(shard.index.get(labels, dtype=np.float32)) if len(labels)
+                        else np.empty((0, self.dim), np.float32))
+                fresh = await asyncio.get_running_loop().run_in_executor(executor, _build, self.dim, labels, vecs)
+                # Back on the loop: replay what changed while it was built, then swap.
+                for op, label, vec in shard.pending:
+                    if op:
+                        fresh.add(label, vec)
+                    elif fresh.contains(label):
+                        fresh.remove(label)
+                shard.index = fresh
+                shard.removed = 0
+                done += 1
+                self.rebuilds += 1
+            except Exception:
+                log.exception("cache: rebuilding a vector index shard failed")
+            finally:
+                shard.pending = None
+                shard.rebuilding = False
+            if not shard.pos:
+                self.shards.pop(scope, None)
+        return done
+
+
+def _build(dim: int, labels: np.ndarray, vecs: np.ndarray) -> Index:
+    index = _new_index(dim)
+    if len(labels):
+        index.add(labels, vecs, threads=1)
+    return index

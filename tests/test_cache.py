@@ -1,0 +1,304 @@
+"""The cache on its own (in-memory): tiers, scoping, TTL, controls, rules, bounds, replay."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gateway.cache import Cache, CacheConfig, replay_chunks
+from gateway.cache.embed import HashEmbedder
+from gateway.errors import GatewayError
+from tests.test_cache_helpers import chat, completion, config, lookup, store
+
+
+@pytest.fixture
+async def cache():
+    c = Cache(config(), None)
+    await c.start()
+    yield c
+    await c.close()
+
+
+async def test_exact_hit_returns_the_stored_completion(cache):
+    r = await lookup(cache, "What is the capital of France?")
+    assert r.status == "miss" and r.response is None
+    await store(cache, "What is the capital of France?", "Paris.")
+    r = await lookup(cache, "What is the capital of France?")
+    assert r.status == "hit"
+    assert r.similarity is None
+    assert r.response["choices"][0]["message"]["content"] == "Paris."
+    assert r.response["object"] == "chat.completion"
+    assert r.response["id"] != "chatcmpl-original"  # every answer gets its own id
+    # Each hit is a fresh dict: the pipeline may change it.
+    r.response["choices"][0]["message"]["content"] = "changed"
+    assert (await lookup(cache, "What is the capital of France?")).response["choices"][0]["message"]["content"] == "Paris."
+    s = cache.stats()
+    assert s["hits"] == 2 and s["misses"] == 2 and s["stores"] == 1 and s["entries"] == 1
+
+
+async def test_exact_key_normalises_the_request(cache):
+    await store(cache, "  Name a prime number.  ", "7", temperature=1, top_p=1)
+    # stream, stream_options, user, metadata and default-valued parameters do not change the answer.
+    r = await lookup(cache, "Name a prime number.", stream=True, stream_options={"include_usage": True}, user="u1")
+    assert r.status == "hit"
+    # Content as text parts is the same content.
+    req = chat("x")
+    req.body["messages"] = [{"role": "user", "content": [{"type": "text", "text": "Name a prime number."}]}]
+    assert (await cache.lookup(req)).status == "hit"
+    # A sampling parameter that differs is another request.
+    assert (await lookup(cache, "Name a prime number.", temperature=0)).status != "hit"
+    assert (await lookup(cache, "Name a prime number.", max_tokens=5)).status != "hit"
+
+
+async def test_semantic_hit_for_a_paraphrase_and_not_for_a_near_miss(cache):
+    await store(cache, "How do I reverse a list in Python?", "Use list.reverse() or reversed().")
+    r = await lookup(cache, "How can I reverse a list in Python?")
+    assert r.status == "semantic-hit"
+    assert r.similarity is not None and r.similarity >= cache.config.semantic_threshold
+    assert r.response["choices"][0]["message"]["content"] == "Use list.reverse() or reversed()."
+    for near_miss in ("How do I sort a list in Python?", "How do I reverse a list in JavaScript?",
+                      "How do I reverse a string in Python?", "How do I not reverse a list in Python?"):
+        assert (await lookup(cache, near_miss)).status == "miss", near_miss
+    s = cache.stats()
+    assert s["semantic_hits"] == 1
+    assert sum(s["guard_rejects"].values()) >= 3
+
+
+async def test_semantic_scope_is_model_parameters_system_prompt_and_history(cache):
+    base = dict(system="You are a helpful assistant.", temperature=0.2)
+    await store(cache, "How do I reverse a list in Python?", "reversed()", **base)
+    para = "How can I reverse a list in Python?"
+    assert (await lookup(cache, para, **base)).status == "semantic-hit"
+    assert (await lookup(cache, para, system="You are a pirate.", temperature=0.2)).status == "miss"
+    assert (await lookup(cache, para, system=base["system"], temperature=0.3)).status == "miss"
+    assert (await lookup(cache, para, model="gpt-4o", **base)).status == "miss"
+    assert (await lookup(cache, para, max_tokens=10, **base)).status == "miss"
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert (await lookup(cache, para, history=history, **base)).status == "miss"
+    # The namespace header separates tenants for both tiers.
+    hdr = {"x-gateway-cache-namespace": "team-b"}
+    assert (await lookup(cache, "How do I reverse a list in Python?", headers=hdr, **base)).status == "miss"
+    assert (await lookup(cache, para, headers=hdr, **base)).status == "miss"
+
+
+async def test_history_and_system_prompt_take_part_in_the_scope(cache):
+    history = [{"role": "user", "content": "I use Python 3.12."}, {"role": "assistant", "content": "Noted."}]
+    await store(cache, "How do I reverse a list?", "reversed()", history=history)
+    assert (await lookup(cache, "How can I reverse a list?", history=history)).status == "semantic-hit"
+    assert (await lookup(cache, "How can I reverse a list?")).status == "miss"
+
+
+async def test_ttl_expiry_locally():
+    c = Cache(config(sweep_seconds=0.05), None)
+    await c.start()
+    try:
+        await store(c, "Short-lived question?", "yes", headers={"x-gateway-cache-ttl": "1"})
+        await store(c, "Long-lived question?", "yes")
+        assert (await lookup(c, "Short-lived question?")).status == "hit"
+        await asyncio.sleep(1.2)
+        assert (await lookup(c, "Short-lived question?")).status == "miss"
+        assert (await lookup(c, "Long-lived question?")).status == "hit"
+        s = c.stats()
+        assert s["entries"] == 1 and s["expirations"] >= 1
+    finally:
+        await c.close()
+
+
+async def test_controls(cache):
+    # no-cache: no lookup, but the answer is stored.
+    req = chat("What is 2+2?", headers={"Cache-Control": "no-cache"})
+    assert (await cache.lookup(req)).status == "bypass"
+    cache.store(req, completion("4"))
+    await cache.drain()
+    assert (await lookup(cache, "What is 2+2?")).status == "hit"
+    # no-store: neither.
+    req = chat("What is 3+3?", headers={"Cache-Control": "no-store"})
+    assert (await cache.lookup(req)).status == "bypass"
+    cache.store(req, completion("6"))
+    await cache.drain()
+    assert (await lookup(cache, "What is 3+3?")).status == "miss"
+    # Both directives in one header.
+    assert (await lookup(cache, "What is 2+2?", headers={"cache-control": "no-cache, no-store"})).status == "bypass"
+    # Bad header values are the client's error, named.
+    with pytest.raises(GatewayError) as e:
+        await lookup(cache, "q", headers={"x-gateway-cache-ttl": "soon"})
+    assert e.value.status == 400 and "x-gateway-cache-ttl" in e.value.message
+    with pytest.raises(GatewayError) as e:
+        await lookup(cache, "q", headers={"x-gateway-cache-ttl": str(10**9)})
+    assert e.value.status == 400
+    with pytest.raises(GatewayError) as e:
+        await lookup(cache, "q", headers={"x-gateway-cache-namespace": "bad namespace*"})
+    assert e.value.status == 400 and "x-gateway-cache-namespace" in e.value.message
+    assert cache.stats()["bypasses"] == 3
+
+
+async def test_non_deterministic_requests_are_not_cached(cache):
+    for kw in ({"temperature": 1.5}, {"n": 2}, {"tools": [{"type": "function", "function": {"name": "f"}}]}):
+        req = chat("Tell me a story.", **kw)
+        assert (await cache.lookup(req)).status == "bypass", kw
+        cache.store(req, completion("Once upon a time."))
+    await cache.drain()
+    assert cache.stats()["entries"] == 0
+    assert cache.stats()["store_skipped"] == 3
+    # At or below the bound (absent = OpenAI's default 1.0) it is cached.
+    await store(cache, "Tell me a story.", "Once.", temperature=0.7)
+    assert (await lookup(cache, "Tell me a story.", temperature=0.7)).status == "hit"
+    # An answer that calls tools is not stored either.
+    req = chat("What is the weather in Paris?")
+    await cache.lookup(req)
+    cache.store(req, completion("", tool_calls=[{"id": "c1", "type": "function",
+                                                 "function": {"name": "weather", "arguments": "{}"}}]))
+    await cache.drain()
+    assert (await lookup(cache, "What is the weather in Paris?")).status == "miss"
+
+
+async def test_non_deterministic_rules_are_configurable():
+    c = Cache(config(max_temperature=2.0, cache_tool_calls=True, cache_multiple_choices=True), None)
+    await c.start()
+    try:
+        tools = [{"type": "function", "function": {"name": "f"}}]
+        await store(c, "Tell me a story.", "Once.", temperature=1.5, n=2, tools=tools)
+        assert (await lookup(c, "Tell me a story.", temperature=1.5, n=2, tools=tools)).status == "hit"
+    finally:
+        await c.close()
+
+
+def test_replay_chunks_shape():
+    resp = completion("The quick brown fox jumps over the lazy dog. " * 4)
+    resp["id"] = "chatcmpl-abc"
+    chunks = replay_chunks(resp, include_usage=True)
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == "chatcmpl-abc" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["finish_reason"] is None
+    body = chunks[1:-2]
+    assert len(body) > 1
+    assert "".join(c["choices"][0]["delta"]["content"] for c in body) == resp["choices"][0]["message"]["content"]
+    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 16
+    # Tool calls replay as tool-call deltas.
+    tc = completion("", tool_calls=[{"id": "call_1", "type": "function",
+                                     "function": {"name": "f", "arguments": "{\"x\": 1}"}}])
+    chunks = replay_chunks(tc)
+    assert chunks[1]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == "{\"x\": 1}"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert all("usage" not in c for c in chunks)
+
+
+async def test_index_bounded_under_a_flood_of_unique_prompts():
+    """A flood of unique prompts in one scope: bounded entries, LRU eviction, HNSW shard rebuilt after churn."""
+    c = Cache(config(max_entries=300, embedder="hash", sweep_seconds=0.05), None)
+    await c.start()
+    try:
+        for i in range(1600):
+            req = chat(f"Flood prompt number {i}: tell me about item {i * 7919 % 100003} in the catalogue.")
+            await c.lookup(req)
+            c.store(req, completion(f"answer {i}"))
+            if i % 200 == 0:
+                await c.drain()
+        await c.drain()
+        s = c.stats()
+        assert s["entries"] == 300
+        assert s["evictions"] == 1300
+        assert s["index"]["vectors"] == 300
+        assert s["index"]["hnsw_scopes"] == 1  # the scope outgrew the exact matrix
+        # 1300 removals >= max(1024, live): the shard gets rebuilt by the sweeper.
+        for _ in range(100):
+            if c.stats()["index"]["rebuilds"]:
+                break
+            await asyncio.sleep(0.05)
+        assert c.stats()["index"]["rebuilds"] >= 1
+        assert c.stats()["index"]["vectors"] == 300
+        # The newest entries are still served, exactly and semantically after the rebuild.
+        last = "Flood prompt number 1599: tell me about item %d in the catalogue." % (1599 * 7919 % 100003)
+        assert (await c.lookup(chat(last))).status == "hit"
+        assert (await c.lookup(chat("Flood prompt number 0: tell me about item 0 in the catalogue."))).status == "miss"
+    finally:
+        await c.close()
+
+
+async def test_flush_namespace_locally(cache):
+    await store(cache, "Question A?", "a", headers={"x-gateway-cache-namespace": "one"})
+    await store(cache, "Question B?", "b", headers={"x-gateway-cache-namespace": "two"})
+    await store(cache, "Question C?", "c")
+    assert await cache.flush("one") == 1
+    assert (await lookup(cache, "Question A?", headers={"x-gateway-cache-namespace": "one"})).status == "miss"
+    assert (await lookup(cache, "Question B?", headers={"x-gateway-cache-namespace": "two"})).status == "hit"
+    assert await cache.flush(None) == 2
+    assert cache.stats()["entries"] == 0
+    with pytest.raises(ValueError):
+        await cache.flush("bad*pattern")
+
+
+async def test_a_failing_verifier_gives_a_miss_not_an_error(cache):
+    await store(cache, "How do I reverse a list in Python?", "reversed()")
+
+    def broken(text):
+        raise RuntimeError("model exploded")
+
+    cache._verifier.windows = broken
+    assert (await lookup(cache, "How can I reverse a list in Python?")).status == "miss"
+    assert cache.stats()["verify_errors"] == 1
+
+
+async def test_provider_embedder(port):
+    """embedder = openai: vectors from an OpenAI-compatible /v1/embeddings endpoint (a local stand-in)."""
+    from aiohttp import web
+
+    hasher = HashEmbedder()
+    calls = []
+
+    async def embeddings(request):
+        body = await request.json()
+        calls.append(body)
+        assert request.headers["authorization"] == "Bearer sk-test"
+        data = [{"object": "embedding", "index": i, "embedding": hasher.vector(t).tolist()}
+                for i, t in enumerate(body["input"])]
+        return web.json_response({"object": "list", "data": data, "model": body["model"]})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    c = Cache(config(embedder="openai", embedder_url=f"http://127.0.0.1:{port}/v1", embedder_key="sk-test",
+                     embedder_model="emb-1"), None)
+    await c.start()
+    try:
+        await store(c, "How do I reverse a list in Python?", "reversed()")
+        r = await lookup(c, "How can I reverse a list in Python?")
+        assert r.status == "semantic-hit" and r.similarity >= 0.85
+        assert calls and calls[0]["model"] == "emb-1"
+        assert (await lookup(c, "How do I sort a list in Python?")).status == "miss"
+    finally:
+        await c.close()
+        await runner.cleanup()
+
+
+def test_config_from_mapping():
+    cfg = CacheConfig.from_mapping({"ttl_seconds": "120", "semantic_threshold": 0.9, "embedder": "hash",
+                                    "cache_tool_calls": "true"})
+    assert cfg.ttl_seconds == 120 and cfg.semantic_threshold == 0.9 and cfg.cache_tool_calls is True
+    assert CacheConfig.from_mapping({}).embedder == "minilm"
+    for bad, msg in (({"ttl_seconds": 0}, "cache.ttl_seconds"), ({"semantic_threshold": 1.5}, "cache.semantic_threshold"),
+                     ({"embedder": "bert"}, "cache.embedder"), ({"embedder": "openai"}, "cache.embedder_url"),
+                     ({"max_entries": "many"}, "cache.max_entries"), ({"colour": "red"}, "cache.colour"),
+                     ({"max_temperature": 3}, "cache.max_temperature")):
+        with pytest.raises(ValueError) as e:
+            CacheConfig.from_mapping(bad)
+        assert str(e.value).startswith(msg), str(e.value)
+
+
+def test_hash_embedder_is_deterministic_and_cheap():
+    import time
+
+    h = HashEmbedder()
+    v = h.vector("How do I reverse a list in Python?")
+    assert v.shape == (256,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
+    assert np.array_equal(v, HashEmbedder().vector("How do I reverse a list in Python?"))
+    text = "Summarize the following text: " + "The committee met on Monday to review the budget. " * 40
+    t0 = time.perf_counter()
+    for _ in range(200):
+        h.vector(text)
+    assert (time.perf_counter() - t0) / 200 < 0.002  # generous bound; ~50 µs measured for 500 tokens
