@@ -372,7 +372,10 @@ class Gateway:
         namespace = body.get("namespace") if isinstance(body, dict) else None
         if namespace is not None and not isinstance(namespace, str):
             raise GatewayError(400, "'namespace' must be a string or null.", param="namespace")
-        removed = await self.cache.flush(namespace) if self.cache is not None else 0
+        try:
+            removed = await self.cache.flush(namespace) if self.cache is not None else 0
+        except ValueError as exc:
+            raise GatewayError(400, f"Cannot flush: {exc}.", param="namespace", code="invalid_cache_namespace") from None
         return json_response({"flushed": namespace or "*", "removed": removed, "worker": os.getpid()})
 
     async def models(self, request: Request) -> Response:

@@ -744,9 +744,13 @@ class Cache:
         # A Redis that lost its data (restarted without persistence) has no event stream:
         # then this worker writes back every live entry it holds, not only its backlog.
         wiped = self._ever_up and not await self._redis.exists(self._k_stream)
-        last = await self._redis.xrevrange(self._k_stream, count=1)
-        if last:
-            self._last_id = last[0][0].decode()
+        if not self._ever_up or wiped:
+            # First contact: start from now (_load_all brings the state). On a reconnection
+            # keep our position instead, so the mirror replays what was published while we
+            # were away; a flush, above all, is an event that loading entries cannot replay.
+            last = await self._redis.xrevrange(self._k_stream, count=1)
+            if last:
+                self._last_id = last[0][0].decode()
         while self._pending_flushes:  # flushes asked for while Redis was away
             await self._flush_redis(self._pending_flushes[0])
             self._pending_flushes.pop(0)
