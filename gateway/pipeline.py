@@ -69,15 +69,22 @@ class Pipeline:
 
     # --- answers ---------------------------------------------------------------------
 
+    async def _lookup(self, req: ChatRequest) -> dict | None:
+        """The cached answer, if any; notes the outcome for the x-cache headers and usage."""
+        result = await self.cache.lookup(req)
+        req.meta["cache_status"] = result.status
+        if result.response is None:
+            return None
+        req.meta["similarity"] = result.similarity
+        self.usage.record(req.key.name, req.model, None, cached=True)
+        return result.response
+
     async def complete(self, req: ChatRequest) -> dict:
         cache = self.cache
         if cache is not None:
-            hit = await cache.lookup(req)
-            req.meta["cache_status"] = hit.status
-            if hit.response is not None:
-                req.meta["similarity"] = hit.similarity
-                self.usage.record(req.key.name, req.model, None, cached=True)
-                return hit.response
+            hit = await self._lookup(req)
+            if hit is not None:
+                return hit
         completion = await self.router.complete(req, req.meta["group"])
         self.usage.record(req.key.name, req.model, completion.get("usage"))
         if cache is not None:
@@ -89,12 +96,9 @@ class Pipeline:
         cache = self.cache
         collector = None
         if cache is not None:
-            hit = await cache.lookup(req)
-            req.meta["cache_status"] = hit.status
-            if hit.response is not None:
-                req.meta["similarity"] = hit.similarity
-                self.usage.record(req.key.name, req.model, None, cached=True)
-                return replay_chunks(hit.response, include_usage=req.include_usage), _nothing()
+            hit = await self._lookup(req)
+            if hit is not None:
+                return replay_chunks(hit, include_usage=req.include_usage), _nothing()
             collector = _Collector()
         first, rest, upstream_stream = await self.router.stream(req, req.meta["group"])
         if collector is not None:
