@@ -7,6 +7,7 @@ a bad value prints one line naming it and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -68,6 +69,22 @@ def start_embedded_simulator() -> tuple[subprocess.Popen, dict[str, str]]:
     return proc, env
 
 
+def bind_address(host: str) -> str:
+    """Granian binds IP addresses only: resolve a name such as API_URL's default 'localhost'."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        _fail(f"API_URL: cannot resolve host {host!r}: {exc.strerror}")
+    # Prefer IPv4: 'localhost' should answer on 127.0.0.1, where clients and probes look first.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    return infos[0][4][0]
+
+
 def _needs_simulator(settings: Settings) -> bool:
     return not settings.configured_providers and not settings.models
 
@@ -111,7 +128,7 @@ def serve(args: argparse.Namespace) -> None:
     server = Granian(
         "gateway.app:create_app",
         factory=True,
-        address=settings.host,
+        address=bind_address(settings.host),
         port=settings.port,
         interface=Interfaces.ASGI,
         loop=Loops.uvloop,

@@ -45,10 +45,10 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 class GatewayProcess:
     def __init__(self, env: dict[str, str], workers: int = 1) -> None:
-        self.port = free_port()
+        self.port = int(env["API_URL"].rsplit(":", 1)[1]) if "API_URL" in env else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         defaults = {
-            "API_URL": self.url,
+            "API_URL": env.get("API_URL", self.url),
             "WORKER_PROCESSES": str(workers),
             "GATEWAY_API_KEYS": API_KEY,
             "GATEWAY_ADMIN_KEYS": ADMIN_KEY,

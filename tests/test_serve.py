@@ -8,7 +8,9 @@ import urllib.request
 import aiohttp
 import orjson
 
+from gateway.cli import bind_address
 from tests.harness import API_KEY, GatewayProcess, running_gateway
+from tests.redis_server import free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -58,3 +60,18 @@ def gw_env_admin(gw: GatewayProcess) -> str:
         if "simulator admin" in line:
             return line.rsplit(" ", 1)[-1]
     raise AssertionError("no simulator admin address in the log:\n" + gw.log())
+
+
+def test_api_url_with_a_host_name_binds():
+    # API_URL's default host is 'localhost': Granian binds IP addresses only, so serve resolves it.
+    port = free_port()
+    with running_gateway({"API_URL": f"http://localhost:{port}"}) as gw:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            assert r.status == 200
+        assert gw.proc.poll() is None
+
+
+def test_bind_address_resolves_names():
+    assert bind_address("127.0.0.1") == "127.0.0.1"
+    assert bind_address("0.0.0.0") == "0.0.0.0"
+    assert bind_address("localhost") == "127.0.0.1"
