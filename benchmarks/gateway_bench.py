@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Gateway benchmark: the gateway against the provider simulator, and the simulator alone, in one run.
 
-    python benchmarks/gateway_bench.py [--duration 10] [--quick] [--transport aiohttp|httpx|both] [--json out.json]
+    python benchmarks/gateway_bench.py [--duration 10] [--quick] [--transport aiohttp|httpx|both] [--no-bare] [--json out.json]
 
 What it does, all on 127.0.0.1 and bounded in time (it stops by itself):
 
@@ -14,17 +14,26 @@ What it does, all on 127.0.0.1 and bounded in time (it stops by itself):
    cancels out. Each gateway run is paired with the direct run of its round; the table gives the
    median of the per-pair ratios and of the per-pair added latencies (gateway minus direct);
 3. scenarios: non-streaming and streaming (30 one-token chunks) at 50 connections against an
-   instant upstream; non-streaming at 10 connections against a 50 ms upstream (added latency);
-   time to the first ``data:`` line of streams at 10 and at 1 connection against a 50 ms upstream,
-   timed by a small aiohttp client in this process (pinned to the load core; at ~200 req/s it is
-   not the bottleneck). At 10 connections the clients fall into step (all wait the same 50 ms), so
-   a stream's first chunk also waits for the others' relaying: the 1-connection row shows the
-   per-request floor;
-4. reads VmRSS of the Granian worker process(es) from /proc during the non-streaming runs.
+   instant upstream; non-streaming at 10 and at 1 connection against a 50 ms upstream (added
+   latency; ``--latency-duration`` s runs); time to the first ``data:`` line of streams at 10 and at
+   1 connection against a 50 ms upstream, timed by a small aiohttp client in this process (pinned
+   to the load core; at ~200 req/s it is not the bottleneck). At 10 connections the clients fall
+   into step (all wait the same 50 ms), so a stream's first chunk also waits for the others'
+   relaying: the 1-connection rows show the per-request floor;
+4. ``--bare`` (the default): in the added-latency and time-to-first-chunk scenarios, also a bare
+   Granian + aiohttp forwarder with no gateway logic (``benchmarks/bare_forwarder.py``; ASGI and
+   RSGI, one Granian worker each, pinned to the gateway core like the gateway; streams relayed as
+   their bytes arrive, ASGI only) is one more target of the same interleaving. Its rows are the
+   floor that Granian + aiohttp set on this host; "gateway minus bare ASGI floor" is the median of
+   the per-round differences between the gateway and that forwarder;
+5. reads VmRSS of the Granian worker process(es) from /proc during the non-streaming runs.
 
 Goals (the issue's): non-streaming >= 5,000 req/s; streaming >= 2,000 req/s; added latency over a
 50 ms upstream P50 < 1 ms and P99 < 2 ms; added time to first chunk < 1 ms; RSS < 120 MB per
 worker. The goals apply to the default transport (aiohttp); httpx rows are reported for comparison.
+
+Run time on the 2-core host: 346 s by default (both transports), 254 s with ``--transport aiohttp``,
+58 s with ``--quick`` (both transports).
 
 Needs wrk (``apt-get install -y wrk``) and taskset (util-linux), and two cores.
 """
@@ -115,64 +124,120 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def core_ticks(cpu: int) -> tuple[int, int]:
+    """(user + nice + system, steal) clock ticks of one core so far (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    v = [int(x) for x in line.split()[1:9]]
+                    return v[0] + v[1] + v[2], v[7]
+    except OSError:
+        pass
+    return 0, 0
+
+
+def proc_ticks(pids: list[int]) -> int:
+    """utime + stime of these processes (all their threads) so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+class CoreWatch:
+    """During one run, the share of the gateway core used by processes other than the servers under
+    test (this host is shared), and the hypervisor's steal time on it, in % of the run's wall time."""
+
+    def __init__(self, cpu: int | None, pids: Callable[[], list[int]]) -> None:
+        self.cpu = cpu
+        self.pids = pids
+        self.foreign_pct = self.steal_pct = 0.0
+
+    def __enter__(self) -> CoreWatch:
+        if self.cpu is not None:
+            self._pids = self.pids()
+            self._t = time.monotonic()
+            self._busy, self._steal = core_ticks(self.cpu)
+            self._ours = proc_ticks(self._pids)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cpu is None:
+            return
+        wall = (time.monotonic() - self._t) * _TICK
+        busy, steal = core_ticks(self.cpu)
+        ours = proc_ticks(self._pids) - self._ours
+        self.foreign_pct = max(0.0, (busy - self._busy - ours) / wall * 100) if wall else 0.0
+        self.steal_pct = (steal - self._steal) / wall * 100 if wall else 0.0
+
+
 # --- processes under test --------------------------------------------------------------------
 
 
-class GatewayProcess:
-    """``gateway serve`` with one Granian worker, pinned to one core, against the simulator."""
+def _clean_env() -> dict[str, str]:
+    # Only what the benchmark sets: a stray REDIS_URL or GATEWAY_CONFIG would change what is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "ANTHROPIC_", "GOOGLE_", "REDIS_"))}
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
-    def __init__(self, transport: str, sim_base: str, cpu: int | None, workers: int = 1) -> None:
-        self.transport = transport
-        self.sim_base = sim_base
+
+class ServerProcess:
+    """A Granian server (main process + worker(s)) pinned to one core, on a free port."""
+
+    name = "server"
+
+    def __init__(self, cpu: int | None) -> None:
         self.cpu = cpu
-        self.workers = workers
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
-        self.logfile = tempfile.NamedTemporaryFile(prefix=f"gateway-bench-{transport}-", suffix=".log", delete=False)
+        slug = "".join(c if c.isalnum() else "-" for c in self.name)
+        self.logfile = tempfile.NamedTemporaryFile(prefix=f"gateway-bench-{slug}-", suffix=".log", delete=False)
         self.rss_samples: list[int] = []  # kB, max over workers, sampled during non-streaming runs
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def env(self) -> dict[str, str]:
-        # Only what the benchmark sets: a stray REDIS_URL or GATEWAY_CONFIG would change what is measured.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "ANTHROPIC_", "GOOGLE_", "REDIS_"))}
-        env.update(
-            API_URL=self.url,
-            WORKER_PROCESSES=str(self.workers),
-            GATEWAY_API_KEYS=API_KEY,
-            GATEWAY_TRANSPORT=self.transport,
-            LOG_LEVEL="WARNING",
-            OPENAI_API_KEY="x",
-            OPENAI_BASE_URL=self.sim_base + "/v1",
-            ANTHROPIC_API_KEY="x",
-            ANTHROPIC_BASE_URL=self.sim_base,
-            GOOGLE_API_KEY="x",
-            GOOGLE_BASE_URL=self.sim_base,
-        )
-        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return env
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
-    def start(self) -> GatewayProcess:
-        cmd = [sys.executable, "-m", "gateway", "serve"]
+    def env(self) -> dict[str, str]:
+        return _clean_env()
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0):
+        cmd = self.command()
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu), *cmd]  # set before exec: the workers inherit it
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=self.logfile, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway ({self.transport}) exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
+        try:
+            deadline = time.monotonic() + timeout  # a loaded shared host can take tens of seconds
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if self.ready():
                         break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway ({self.transport}) did not answer /health within 30 s:\n{self.log_tail()}")
-            time.sleep(0.1)
-        check_chat(self.url, f"gateway ({self.transport})")
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not answer within {timeout:g} s:\n{self.log_tail()}")
+                time.sleep(0.1)
+            check_chat(self.url, self.name)
+        except BaseException:
+            self.stop()  # never leave a half-started server (and its workers) behind
+            raise
         return self
 
     def log_tail(self) -> str:
@@ -201,19 +266,28 @@ class GatewayProcess:
             "main_rss_kb": proc_status(self.proc.pid).get("VmRSS", 0) if self.proc else 0,
         }
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting, so several servers shut down at once; stop() then waits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._kids = descendants(self.proc.pid)
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        kids = descendants(proc.pid)
+        kids = getattr(self, "_kids", None) or descendants(proc.pid)
+        t0 = time.monotonic()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid in kids:  # only our own gateway's workers, if Granian left any behind
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if time.monotonic() - t0 > 2:
+            log(f"{self.name} took {time.monotonic() - t0:.1f} s to stop")
+        for pid in kids:  # only our own server's workers, if Granian left any behind
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -223,6 +297,69 @@ class GatewayProcess:
             os.unlink(self.logfile.name)
         except OSError:
             pass
+
+
+class GatewayProcess(ServerProcess):
+    """``gateway serve`` with one Granian worker, pinned to one core, against the simulator."""
+
+    def __init__(self, transport: str, sim_base: str, cpu: int | None, workers: int = 1) -> None:
+        self.name = f"gateway ({transport})"
+        self.transport = transport
+        self.sim_base = sim_base
+        self.workers = workers
+        super().__init__(cpu)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gateway", "serve"]
+
+    def env(self) -> dict[str, str]:
+        env = _clean_env()
+        env.update(
+            API_URL=self.url,
+            WORKER_PROCESSES=str(self.workers),
+            GATEWAY_API_KEYS=API_KEY,
+            GATEWAY_TRANSPORT=self.transport,
+            # Every request here repeats one prompt: with the response cache on (its default), all but
+            # the first would be cache hits and no relaying would be measured.
+            GATEWAY_CACHE="false",
+            LOG_LEVEL="WARNING",
+            OPENAI_API_KEY="x",
+            OPENAI_BASE_URL=self.sim_base + "/v1",
+            ANTHROPIC_API_KEY="x",
+            ANTHROPIC_BASE_URL=self.sim_base,
+            GOOGLE_API_KEY="x",
+            GOOGLE_BASE_URL=self.sim_base,
+        )
+        return env
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+            return r.status == 200
+
+
+class BareProcess(ServerProcess):
+    """``benchmarks/bare_forwarder.py`` under the Granian CLI: one worker, the gateway's loop,
+    backlog and backpressure (``gateway serve`` passes WORKER_CONNECTIONS=1000 for both)."""
+
+    def __init__(self, interface: str, sim_base: str, cpu: int | None) -> None:
+        self.name = f"bare-{interface}"
+        self.interface = interface
+        self.upstream = sim_base + CHAT_PATH
+        super().__init__(cpu)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "granian", "--interface", self.interface, "--loop", "uvloop", "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(self.port), "--backlog", "1000", "--backpressure", "1000",
+            "--log-level", "warning", "--no-access-log", f"benchmarks.bare_forwarder:{self.interface}_app",
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {**_clean_env(), "UPSTREAM": self.upstream}
+
+    def ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True  # start() then sends a chat completion through it
 
 
 def check_chat(base: str, what: str) -> None:
@@ -345,8 +482,13 @@ def interleaved(
     measure: Callable[[str, str], dict[str, Any]],
     warm: Callable[[str, str], Any] | None,
     rounds: int,
+    watch_cpu: int | None = None,
+    watch_pids: Callable[[], list[int]] = list,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every target once per round; odd rounds in reverse order (A B C, C B A, ...)."""
+    """Every target once per round; odd rounds in reverse order (A B C, C B A, ...).
+
+    With ``watch_cpu``, each run also records how much of that core other processes than
+    ``watch_pids()`` used meanwhile (``foreign_cpu_pct``), and the steal time (``steal_pct``)."""
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in targets}
     if warm is not None:
         for label, url in targets:
@@ -354,11 +496,15 @@ def interleaved(
     for r in range(rounds):
         order = targets if r % 2 == 0 else targets[::-1]
         for label, url in order:
-            res = measure(label, url)
+            with CoreWatch(watch_cpu, watch_pids) as w:
+                res = measure(label, url)
+            if watch_cpu is not None:
+                res["foreign_cpu_pct"], res["steal_pct"] = round(w.foreign_pct, 1), round(w.steal_pct, 1)
             runs[label].append(res)
             log(
-                f"{name:<10} round {r + 1} {label:<8} {res['rps']:>9,.0f} req/s  "
+                f"{name:<10} round {r + 1} {label:<9} {res['rps']:>9,.0f} req/s  "
                 f"P50 {res['p50_ms']:.2f}  P95 {res['p95_ms']:.2f}  P99 {res['p99_ms']:.2f} ms  errors {res['errors']}"
+                + (f"  other CPU on core {watch_cpu}: {w.foreign_pct:.0f}%, steal {w.steal_pct:.0f}%" if watch_cpu is not None else "")
             )
     return runs
 
@@ -397,6 +543,13 @@ def fmt_lat(p: dict) -> str:
     return f"P50 {p['p50']:.2f} / P99 {p['p99']:.2f} ms"
 
 
+BARE_NAMES = {
+    "bare-asgi": "bare Granian+aiohttp forwarder (ASGI)",
+    "bare-rsgi": "bare Granian+aiohttp forwarder (RSGI)",
+}
+FLOOR = "bare-asgi"  # what "gateway minus floor" subtracts: the same interface as the gateway
+
+
 def build_rows(results: dict[str, Any], transports: list[str]) -> list[list[str]]:
     rows: list[list[str]] = []
     default = "aiohttp"
@@ -405,6 +558,42 @@ def build_rows(results: dict[str, Any], transports: list[str]) -> list[list[str]
 
     def err_note(s: dict) -> str:
         return f" ⚠ {s['errors']} errors" if s["errors"] else ""
+
+    def n_note(runs: list[dict]) -> str:
+        return f" (n ≥ {min(r['requests'] for r in runs)}/run)"
+
+    def plural(conns: int) -> str:
+        return f"{conns} conn{'s' if conns > 1 else ''}"
+
+    def floor_rows(sc: dict, title: str) -> None:
+        """The bare forwarders' rows, then each gateway minus the bare ASGI forwarder."""
+        n_direct = n_note(sc["runs"]["direct"])
+        for label, name in BARE_NAMES.items():
+            if label not in sc["pairs"]:
+                continue
+            s = sc["pairs"][label]
+            rows.append([
+                f"{title}: {name}",
+                fmt_lat(s["direct_p"]) + n_direct,
+                fmt_lat(s["gateway_p"]) + n_note(sc["runs"][label]) + err_note(s),
+                fmt_ratio(s),
+                fmt_added(s),
+                "(floor: no gateway logic)",
+                "–",
+            ])
+        for t in transports:
+            f = sc.get("floor", {}).get(t)
+            if f is None:
+                continue
+            rows.append([
+                f"{title}: gateway ({t}) minus bare ASGI floor",
+                "bare ASGI " + fmt_lat(f["direct_p"]),
+                "gateway " + fmt_lat(f["gateway_p"]),
+                fmt_ratio(f),
+                fmt_added(f),
+                "(report only)",
+                "–",
+            ])
 
     for key, title, goal in (
         ("nonstream", f"non-streaming, {cfg['connections']} conns, 0 ms upstream", GOAL_NONSTREAM_RPS),
@@ -425,39 +614,44 @@ def build_rows(results: dict[str, Any], transports: list[str]) -> list[list[str]
                 f"≥ {goal:,} req/s" if gated else "(report only)",
                 ("yes" if met else "no") if gated else "–",
             ])
-    if "latency" in results["scenarios"]:
+    for key, sc in results["scenarios"].items():
+        if not key.startswith("latency"):
+            continue
+        title = f"added latency, non-streaming, {plural(sc['connections'])}, {upstream_ms:g} ms upstream"
+        n_direct = n_note(sc["runs"]["direct"])
         for t in transports:
-            s = results["scenarios"]["latency"]["pairs"][t]
-            gated = t == default
+            s = sc["pairs"][t]
+            gated = t == default and key == "latency"  # the issue's goal is at the first concurrency (10)
             met = s["added"]["p50"] < GOAL_ADDED_P50_MS and s["added"]["p99"] < GOAL_ADDED_P99_MS and not s["errors"]
             rows.append([
-                f"added latency, non-streaming, {cfg['latency_connections']} conns, {upstream_ms:g} ms upstream ({t})",
-                fmt_lat(s["direct_p"]),
-                fmt_lat(s["gateway_p"]) + err_note(s),
+                f"{title} ({t})",
+                fmt_lat(s["direct_p"]) + n_direct,
+                fmt_lat(s["gateway_p"]) + n_note(sc["runs"][t]) + err_note(s),
                 fmt_ratio(s),
                 fmt_added(s),
                 f"P50 < {GOAL_ADDED_P50_MS:g} ms, P99 < {GOAL_ADDED_P99_MS:g} ms" if gated else "(report only)",
                 ("yes" if met else "no") if gated else "–",
             ])
+        floor_rows(sc, title)
     for key, sc in results["scenarios"].items():
         if not key.startswith("ttfb"):
             continue
-        conns = sc["connections"]
-        n_direct = min(r["requests"] for r in sc["runs"]["direct"])
+        title = f"time to first chunk, streaming, {plural(sc['connections'])}, {upstream_ms:g} ms upstream"
+        n_direct = n_note(sc["runs"]["direct"])
         for t in transports:
             s = sc["pairs"][t]
             gated = t == default and key == "ttfb"
             met = s["added"]["p50"] < GOAL_TTFB_MS and not s["errors"]
-            n_gw = min(r["requests"] for r in sc["runs"][t])
             rows.append([
-                f"time to first chunk, streaming, {conns} conn{'s' if conns > 1 else ''}, {upstream_ms:g} ms upstream ({t})",
-                fmt_lat(s["direct_p"]) + f" (n ≥ {n_direct}/run)",
-                fmt_lat(s["gateway_p"]) + f" (n ≥ {n_gw}/run)" + err_note(s),
+                f"{title} ({t})",
+                fmt_lat(s["direct_p"]) + n_direct,
+                fmt_lat(s["gateway_p"]) + n_note(sc["runs"][t]) + err_note(s),
                 fmt_ratio(s),
                 fmt_added(s),
                 f"added P50 < {GOAL_TTFB_MS:g} ms" if gated else "(report only)",
                 ("yes" if met else "no") if gated else "–",
             ])
+        floor_rows(sc, title)
     for t in transports:
         m = results["memory"].get(t)
         if not m or not m["rss_kb_max_sampled_nonstream"]:
@@ -478,17 +672,48 @@ def build_rows(results: dict[str, Any], transports: list[str]) -> list[list[str]
 
 def pair_details(results: dict[str, Any], transports: list[str]) -> str:
     """Each pair's ratio and added P50/P99, so the spread behind each median is visible."""
-    out = ["Per pair (round: gateway/direct req/s, added P50 / P99 ms):"]
+    out = ["Per pair (round: target/direct req/s, added P50 / P99 ms; \"minus bare-asgi\": gateway/bare, gateway minus bare):"]
+
+    def line(name: str, s: dict) -> str:
+        a = s["added_pairs"]
+        cells = [
+            f"r{i + 1} {r:.3f}, {p50:+.2f} / {p99:+.2f}"
+            for i, (r, p50, p99) in enumerate(zip(s["ratios"], a["p50"], a["p99"]))
+        ]
+        return f"- {name}: " + "; ".join(cells)
+
     for key, sc in results["scenarios"].items():
-        for t in transports:
-            s = sc["pairs"][t]
-            a = s["added_pairs"]
-            cells = [
-                f"r{i + 1} {r:.3f}, {p50:+.2f} / {p99:+.2f}"
-                for i, (r, p50, p99) in enumerate(zip(s["ratios"], a["p50"], a["p99"]))
-            ]
-            out.append(f"- {key} ({t}): " + "; ".join(cells))
+        for label, s in sc["pairs"].items():
+            out.append(line(f"{key} ({label})", s))
+        for t, f in sc.get("floor", {}).items():
+            out.append(line(f"{key} ({t} minus {FLOOR})", f))
     return "\n".join(out)
+
+
+NOISY_PCT = 5.0
+
+
+def host_noise(results: dict[str, Any]) -> str:
+    """Runs during which other processes used the gateway core (or the hypervisor stole it)."""
+    runs = [
+        (key, i + 1, label, r)
+        for key, sc in results["scenarios"].items()
+        for label, rs in sc["runs"].items()
+        for i, r in enumerate(rs)
+        if "foreign_cpu_pct" in r
+    ]
+    noisy = [x for x in runs if x[3]["foreign_cpu_pct"] > NOISY_PCT or x[3]["steal_pct"] > NOISY_PCT]
+    if not runs:
+        return ""
+    cpu = results["config"]["gateway_cpu"]
+    if not noisy:
+        top = max(max(r["foreign_cpu_pct"], r["steal_pct"]) for *_, r in runs)
+        return f"Host noise: other processes and steal stayed ≤ {top:.0f}% of core {cpu} in every run."
+    cells = [f"{key} r{rnd} {label} {r['foreign_cpu_pct']:.0f}%/{r['steal_pct']:.0f}%" for key, rnd, label, r in noisy]
+    return (
+        f"⚠ Host noise: in {len(noisy)} of {len(runs)} runs other processes (or steal) used more than "
+        f"{NOISY_PCT:g}% of core {cpu} (other/steal): " + "; ".join(cells)
+    )
 
 
 def markdown(rows: list[list[str]]) -> str:
@@ -519,16 +744,32 @@ def preflight(gateway_cpu: int | None, load_cpu: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measured throughput run (default 10)")
+    ap.add_argument(
+        "--latency-duration", type=int, default=None, help="seconds per measured added-latency run (default 6; 3 with --quick)"
+    )
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per scenario (default 2; 1 with --quick)")
-    ap.add_argument("--quick", action="store_true", help="3 s runs, one round, TTFB at 10 conns only: a smoke test under a minute")
+    ap.add_argument(
+        "--quick", action="store_true", help="3 s runs, one round, latency and TTFB at 10 conns only: a smoke test of about a minute"
+    )
     ap.add_argument("--transport", choices=("aiohttp", "httpx", "both"), default="both")
     ap.add_argument("--connections", type=int, default=50, help="connections for the throughput scenarios")
-    ap.add_argument("--latency-connections", type=int, default=10)
+    ap.add_argument(
+        "--latency-connections",
+        default=None,
+        help="comma-separated concurrencies for added latency (default 10,1; 10 with --quick); the goal is judged at the first",
+    )
     ap.add_argument(
         "--ttfb-connections",
         default=None,
         help="comma-separated concurrencies for time to first chunk (default 10,1; 10 with --quick); the goal is judged at the first",
+    )
+    ap.add_argument(
+        "--bare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure bare Granian+aiohttp forwarders (benchmarks/bare_forwarder.py) in the latency and TTFB "
+        "scenarios, as the floor (default on; --no-bare to skip)",
     )
     ap.add_argument("--upstream-ms", type=float, default=50.0, help="upstream latency for the added-latency scenarios")
     ap.add_argument("--gateway-cpu", type=int, default=0)
@@ -539,14 +780,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     duration = 3 if args.quick else args.duration
+    lat_duration = args.latency_duration or (3 if args.quick else 6)
     rounds = args.rounds or (1 if args.quick else 2)
     warmup = 1 if args.quick else 2
+    # The latency/TTFB scenarios come after the throughput ones: only the bare forwarders are cold (a
+    # 1 s warm-up in the first latency scenario); a scenario's first round runs right after the warm-ups.
+    lat_warmup = 1
     ttfb_seconds = max(2.0, duration / 2)
     gw_cpu = None if args.no_pin else args.gateway_cpu
     load_cpu = None if args.no_pin else args.load_cpu
     transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    ttfb_conns = [int(c) for c in (args.ttfb_connections or ("10" if args.quick else "10,1")).split(",") if c.strip()]
+
+    def conns_list(given: str | None) -> list[int]:
+        return [int(c) for c in (given or ("10" if args.quick else "10,1")).split(",") if c.strip()]
+
+    lat_conns = conns_list(args.latency_connections)
+    ttfb_conns = conns_list(args.ttfb_connections)
+    bare = args.bare and bool(only & {"latency", "ttfb"})
     preflight(gw_cpu, load_cpu)
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})  # this process runs the TTFB client and samples /proc
@@ -558,11 +809,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "config": {
             "duration_s": duration,
+            "latency_duration_s": lat_duration,
             "rounds": rounds,
             "warmup_s": warmup,
             "connections": args.connections,
-            "latency_connections": args.latency_connections,
+            "latency_connections": lat_conns,
             "ttfb_connections": ttfb_conns,
+            "bare": bare,
             "upstream_ms": args.upstream_ms,
             "gateway_cpu": gw_cpu,
             "load_cpu": load_cpu,
@@ -578,59 +831,85 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     sim = SimulatorProcess({"*": {"latency_ms": 0, "response_tokens": 30, "chunk_tokens": 1}}, cpu=load_cpu)
     gateways: dict[str, GatewayProcess] = {}
+    bares: dict[str, BareProcess] = {}
     try:
         sim.start()
         check_chat(sim.openai_base_url.removesuffix("/v1"), "simulator")
         for t in transports:
             gateways[t] = GatewayProcess(t, sim.base_url, gw_cpu).start()
             log(f"gateway {t} on {gateways[t].url}, workers {gateways[t].worker_pids()}")
+        if bare:
+            for interface in ("asgi", "rsgi"):
+                b = bares[f"bare-{interface}"] = BareProcess(interface, sim.base_url, gw_cpu).start()
+                log(f"bare forwarder {interface} on {b.url}, workers {b.worker_pids()}")
         targets = [("direct", sim.base_url)] + [(t, gateways[t].url) for t in transports]
+        servers = [*gateways.values(), *bares.values()]
+        our_pids = [pid for srv in servers if srv.proc is not None for pid in (srv.proc.pid, *srv.worker_pids())]
+        # Latency: both forwarders. Time to first chunk: the ASGI one (the gateway's interface) as the floor.
+        lat_targets = targets + [(label, b.url) for label, b in bares.items()]
+        ttfb_targets = targets + [(label, b.url) for label, b in bares.items() if label == FLOOR]
 
-        def wrk_scenario(key: str, script: Path, conns: int, rss: bool) -> None:
+        def summarize(runs: dict[str, list[dict]], conns: int | None = None) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "runs": runs,
+                "pairs": {label: pair_stats(runs["direct"], r) for label, r in runs.items() if label != "direct"},
+            }
+            if conns is not None:
+                out["connections"] = conns
+            if FLOOR in runs:
+                out["floor"] = {t: pair_stats(runs[FLOOR], runs[t]) for t in transports}
+            return out
+
+        def wrk_scenario(
+            key: str, script: Path, conns: int, rss: bool, tgts: list[tuple[str, str]], seconds: int, warm_s: float
+        ) -> dict[str, list[dict]]:
             def measure(label: str, url: str) -> dict[str, Any]:
                 gw = gateways.get(label)
                 during = gw.sample_rss if (rss and gw is not None) else None
-                return run_wrk(url, script, conns, duration, load_cpu, during)
+                return run_wrk(url, script, conns, seconds, load_cpu, during)
 
             def warm(label: str, url: str) -> None:
-                run_wrk(url, script, conns, warmup, load_cpu)
+                run_wrk(url, script, conns, warm_s, load_cpu)
 
-            runs = interleaved(key, targets, measure, warm, rounds)
-            results["scenarios"][key] = {
-                "runs": runs,
-                "pairs": {t: pair_stats(runs["direct"], runs[t]) for t in transports},
-            }
+            return interleaved(key, tgts, measure, warm if warm_s > 0 else None, rounds, gw_cpu, lambda: our_pids)
 
         if "nonstream" in only:
-            wrk_scenario("nonstream", CHAT_LUA, args.connections, rss=True)
+            runs = wrk_scenario("nonstream", CHAT_LUA, args.connections, True, targets, duration, warmup)
+            results["scenarios"]["nonstream"] = summarize(runs)
         if "stream" in only:
-            wrk_scenario("stream", STREAM_LUA, args.connections, rss=False)
+            runs = wrk_scenario("stream", STREAM_LUA, args.connections, False, targets, duration, warmup)
+            results["scenarios"]["stream"] = summarize(runs)
         for t in transports:
             results["memory"][t] = gateways[t].memory()
         if only & {"latency", "ttfb"}:
             sim.configure("*", latency_ms=args.upstream_ms)
         if "latency" in only:
-            wrk_scenario("latency", CHAT_LUA, args.latency_connections, rss=False)
+            for i, conns in enumerate(lat_conns):
+                key = "latency" if i == 0 else f"latency_c{conns}"
+                runs = wrk_scenario(key, CHAT_LUA, conns, False, lat_targets, lat_duration, lat_warmup if i == 0 else 0)
+                results["scenarios"][key] = summarize(runs, conns)
         if "ttfb" in only:
             for i, conns in enumerate(ttfb_conns):
                 key = "ttfb" if i == 0 else f"ttfb_c{conns}"
                 runs = interleaved(
                     key,
-                    targets,
+                    ttfb_targets,
                     lambda label, url: run_ttfb(url, conns, ttfb_seconds),
-                    lambda label, url: run_ttfb(url, conns, 0.5 if args.quick else 1.0),
+                    lambda label, url: run_ttfb(url, conns, 0.5),
                     rounds,
+                    gw_cpu,
+                    lambda: our_pids,
                 )
-                results["scenarios"][key] = {
-                    "connections": conns,
-                    "runs": runs,
-                    "pairs": {t: pair_stats(runs["direct"], runs[t]) for t in transports},
-                }
+                results["scenarios"][key] = summarize(runs, conns)
         for t in transports:
             results["memory"][t]["hwm_kb_end"] = gateways[t].memory()["hwm_kb"]
+        for label, b in bares.items():
+            results["memory"][label] = b.memory()
     finally:
-        for gw in gateways.values():
-            gw.stop()
+        for server in [*gateways.values(), *bares.values()]:
+            server.terminate()
+        for server in [*gateways.values(), *bares.values()]:
+            server.stop()
         sim.stop()
     results["elapsed_s"] = round(time.monotonic() - t_start, 1)
 
@@ -640,16 +919,29 @@ def main(argv: list[str] | None = None) -> int:
         cfg = results["config"]
         print(
             f"\nGateway benchmark, {time.strftime('%Y-%m-%d %H:%M')}: gateway on core {gw_cpu} (1 Granian worker), "
-            f"wrk -t1 + simulator on core {load_cpu}; {duration} s runs, {rounds} interleaved round(s) "
-            f"(direct/gateway pairs), Python {cfg['python']}, Granian {cfg['granian']}.\n"
+            f"wrk -t1 + simulator on core {load_cpu}; {duration} s throughput runs, {lat_duration} s latency runs, "
+            f"{ttfb_seconds:g} s time-to-first-chunk runs, {rounds} interleaved round(s) (direct/gateway pairs), "
+            f"Python {cfg['python']}, Granian {cfg['granian']}.\n"
         )
         print(results["table"])
         print()
         print(pair_details(results, transports))
+        noise = host_noise(results)
+        if noise:
+            print("\n" + noise)
         print(
             "\nratio: gateway req/s over direct req/s of the same round (median, then each pair); added: gateway "
             "minus direct of the same round, median over pairs. Latency scenarios: wrk percentiles; time to first "
-            "chunk: an aiohttp client timing the first `data:` line."
+            "chunk: an aiohttp client timing the first `data:` line. n: requests (or streams) per run; at 1 "
+            "connection a run has ~20 per second of a 50 ms upstream, so its P99 is one of its few slowest."
+            + (
+                " Bare forwarder rows: benchmarks/bare_forwarder.py (no auth, validation, routing or translation; "
+                "same Granian worker, loop and core as the gateway), in the same interleaving: the added latency "
+                "any Granian + aiohttp proxy pays on this host. \"minus bare ASGI floor\": gateway minus that "
+                "forwarder in the same round, median over rounds (the gateway's own cost)."
+                if bare
+                else ""
+            )
         )
     print(f"\n(elapsed {results['elapsed_s']:.0f} s)", file=sys.stderr)
     if args.json_out:
