@@ -56,7 +56,9 @@ def py_spy() -> str:
 def record(
     spy: str, pid: int, fmt: str, out: Path, seconds: int, rate: int, native: bool, nonblocking: bool, cpu: int | None
 ) -> None:
-    cmd = [spy, "record", "--pid", str(pid), "--format", fmt, "--output", str(out), "--duration", str(seconds), "--rate", str(rate)]
+    # Relative paths: py-spy writes its command line into the SVG's title, which is committed.
+    spy, out = os.path.relpath(spy), os.path.relpath(out)
+    cmd = [spy, "record", "--pid", str(pid), "--format", fmt, "--output", out, "--duration", str(seconds), "--rate", str(rate)]
     if native:
         cmd.append("--native")
     elif nonblocking:
