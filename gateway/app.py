@@ -62,11 +62,8 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(data), status, headers=headers, media_type="application/json")
 
 
-def error_response(err: GatewayError, request_id: str | None = None) -> Response:
-    headers = dict(err.headers or {})
-    if request_id:
-        headers["x-request-id"] = request_id
-    return Response(err.body(), err.status, headers=headers, media_type="application/json")
+def error_response(err: GatewayError) -> Response:
+    return Response(err.body(), err.status, headers=err.headers, media_type="application/json")
 
 
 class Gateway:
@@ -139,9 +136,31 @@ class Gateway:
                 await self.chat(scope, receive, send)
             else:
                 err = GatewayError(405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed")
-                await self._send_error(send, err, new_request_id())
+                started = perf_counter()
+                request_id = _request_id({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
+                await self._send_error(send, err, request_id, started=started)
             return
-        await self.web(scope, receive, send)
+        if scope["type"] != "http":
+            await self.web(scope, receive, send)
+            return
+        # Every response names its request and the time the gateway spent on it.
+        started = perf_counter()
+        request_id = _request_id({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
+
+        async def send_with_ids(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                overhead = (perf_counter() - started) * 1000.0
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", ()),
+                        (b"x-request-id", request_id.encode("latin-1")),
+                        (b"x-gateway-overhead-ms", b"%.3f" % overhead),
+                    ],
+                }
+            await send(message)
+
+        await self.web(scope, receive, send_with_ids)
 
     # --- the hot path ------------------------------------------------------------------
 
@@ -169,13 +188,13 @@ class Gateway:
             completion = await self.pipeline.complete(req)
             body = orjson.dumps(completion)
         except GatewayError as err:
-            await self._send_error(send, err, request_id, req)
+            await self._send_error(send, err, request_id, req, started)
             return
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unexpected failure handling %s", request_id)
-            await self._send_error(send, _INTERNAL, request_id, req)
+            await self._send_error(send, _INTERNAL, request_id, req, started)
             return
         await send({"type": "http.response.start", "status": 200, "headers": self._headers(req, _JSON)})
         await send({"type": "http.response.body", "body": body})
@@ -237,8 +256,12 @@ class Gateway:
                 out.append((b"x-gateway-failover", meta["failover"].encode("latin-1", "replace")))
         return out
 
-    async def _send_error(self, send, err: GatewayError, request_id: str, req=None) -> None:
-        headers = [_JSON, (b"x-request-id", request_id.encode("latin-1"))]
+    async def _send_error(self, send, err: GatewayError, request_id: str, req=None, started: float | None = None) -> None:
+        if req is not None:
+            overhead = (perf_counter() - req.started - req.upstream_seconds) * 1000.0
+        else:
+            overhead = (perf_counter() - started) * 1000.0 if started is not None else 0.0
+        headers = [_JSON, (b"x-request-id", request_id.encode("latin-1")), (b"x-gateway-overhead-ms", b"%.3f" % overhead)]
         if err.headers:
             headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items())
         if req is not None and req.meta.get("attempts"):
@@ -397,7 +420,7 @@ class Gateway:
         return json_response({"object": "list", "data": self.usage.report(key.name)})
 
     async def _gateway_error(self, request: Request, exc: GatewayError) -> Response:
-        return error_response(exc, request.headers.get("x-request-id"))
+        return error_response(exc)
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:

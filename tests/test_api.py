@@ -288,3 +288,21 @@ async def test_models_health_ready_usage(gateway, http):
         assert r.status == 403
     async with http.get(gateway.url + "/v1/usage?all=1", headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
         assert r.status == 200
+
+
+async def test_every_response_names_its_request_and_overhead(gateway, http):
+    checks = [
+        ("GET", "/health", {}, None),
+        ("GET", "/v1/models", AUTH, None),
+        ("GET", "/v1/models", {}, None),  # 401
+        ("GET", "/v1/nothing", AUTH, None),  # 404
+        ("GET", "/v1/chat/completions", AUTH, None),  # 405
+        ("POST", "/v1/chat/completions", AUTH, {"model": "gpt-4o-mini"}),  # 400
+        ("POST", "/v1/chat/completions", {}, chat_body("openai")),  # 401
+        ("POST", "/v1/chat/completions", AUTH, chat_body("openai")),  # 200
+    ]
+    for method, path, headers, body in checks:
+        async with http.request(method, gateway.url + path, headers=headers | {"x-request-id": "rid-7"}, json=body) as r:
+            assert r.headers.get("x-request-id") == "rid-7", (method, path, r.status)
+            assert r.headers.getall("x-request-id") == ["rid-7"], (method, path)
+            assert float(r.headers["x-gateway-overhead-ms"]) >= 0, (method, path, r.status)
