@@ -50,6 +50,11 @@ def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
 
 
+def _scope_headers(scope: dict) -> dict[str, str]:
+    """ASGI headers as a dict of str (names are already lower-case in ASGI)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
 def _request_id(headers: dict[str, str]) -> str:
     given = headers.get("x-request-id")
     # Echo a client's id only when it is safe to put back in a header.
@@ -137,7 +142,7 @@ class Gateway:
             else:
                 err = GatewayError(405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed")
                 started = perf_counter()
-                request_id = _request_id({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
+                request_id = _request_id(_scope_headers(scope))
                 await self._send_error(send, err, request_id, started=started)
             return
         if scope["type"] != "http":
@@ -145,7 +150,7 @@ class Gateway:
             return
         # Every response names its request and the time the gateway spent on it.
         started = perf_counter()
-        request_id = _request_id({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
+        request_id = _request_id(_scope_headers(scope))
 
         async def send_with_ids(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -166,7 +171,7 @@ class Gateway:
 
     async def chat(self, scope: dict, receive, send) -> None:
         started = perf_counter()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _scope_headers(scope)
         request_id = _request_id(headers)
         req = None
         try:

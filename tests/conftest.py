@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import aiohttp
 import pytest
 
 from tests.redis_server import free_port, session_redis_url
@@ -24,3 +25,10 @@ def redis_prefix() -> str:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture
+async def http():
+    """An HTTP client for tests that talk to a running gateway or simulator."""
+    async with aiohttp.ClientSession() as session:
+        yield session

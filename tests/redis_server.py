@@ -35,13 +35,15 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """A redis-server process we own on ``port``; ``stop``/``start`` for outage tests."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
         self.binary = binary
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
+        # persistent: the data survives a kill -9 (append-only file, fsync on every write).
+        self.persistent = persistent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -50,8 +52,8 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.persistent else ("--appendonly", "no"))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10

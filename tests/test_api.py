@@ -36,12 +36,6 @@ def _reset(sim):
     yield
 
 
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def chat_body(provider: str, text: str = "What is machine learning?", **extra) -> dict:
     return {"model": MODELS[provider], "messages": [{"role": "user", "content": text}], **extra}
 

@@ -15,8 +15,6 @@ fails if the cache is unwired from the pipeline, the app, or Redis.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ import redis
 
 from gateway.simulator import SimulatorProcess
 from tests.harness import ADMIN_KEY, API_KEY, running_gateway, simulator_env
-from tests.redis_server import _ping, free_port, own_redis_server
+from tests.redis_server import RedisServer, own_redis_server
 
 MODEL = "gpt-4o-mini"
 PATH = "/v1/chat/completions"
@@ -174,12 +172,6 @@ def gw(sim):
 def _reset(sim):
     sim.reset()
     yield
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture
@@ -620,38 +612,8 @@ async def _redis_is(http, url: str, state: str) -> bool:
     return (await ready(http, url))["redis"] == state
 
 
-class PersistentRedis:
-    """A private redis-server that keeps its data across a kill -9 (appendonly, fsync always)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.dir = directory
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not _ping(self.port):
-            assert time.monotonic() < deadline and self.proc.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-
 async def test_flush_made_while_a_worker_is_disconnected_reaches_it(sim, http, redis_prefix, tmp_path):
-    server = PersistentRedis(tmp_path)
+    server = RedisServer(persistent=True)
     server.start()
     fast = tmp_path / "fast.toml"
     slow = tmp_path / "slow.toml"
