@@ -231,6 +231,51 @@ async def test_flush_namespace_locally(cache):
         await cache.flush("bad*pattern")
 
 
+async def test_a_miss_does_not_analyse_its_candidates(cache, monkeypatch):
+    """Entries are analysed when stored: a lookup analyses only its own prompt (cold misses stay cheap)."""
+    import gateway.cache.core as core
+
+    for i in range(6):
+        await store(cache, f"Tell me fact number {i} about the benchmark run", str(i))
+    assert all(e.analysis is not None for e in cache._entries.values())
+    calls = []
+    real = core.analyse
+    monkeypatch.setattr(core, "analyse", lambda text: calls.append(text) or real(text))
+    r = await lookup(cache, "Tell me fact number 99 about the benchmark run")
+    assert r.status == "miss" and cache.stats()["guard_rejects"].get("numbers", 0) >= 4
+    assert calls == ["Tell me fact number 99 about the benchmark run"]
+    # ... and that analysis is kept for the request's own store, not made twice.
+    req = chat("Tell me fact number 99 about the benchmark run")
+    await cache.lookup(req)
+    calls.clear()
+    cache.store(req, completion("99"))
+    await cache.drain()
+    assert calls == [] and cache._entries[req.meta["cache"].view.exact].analysis is not None
+
+
+async def test_entry_memory_is_small():
+    """What an entry holds stays near its size: a response kept in orjson's 4 KB buffer was 4 KB an entry."""
+    import gc
+    import tracemalloc
+
+    c = Cache(config(), None)
+    await c.start()
+    try:
+        reqs = [chat(f"Question {i}: what is the square root of {i * 7919}?") for i in range(2000)]
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i, req in enumerate(reqs):
+            c.store(req, completion(f"About {i}."))
+        await c.drain()
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(reqs)
+    finally:
+        tracemalloc.stop()
+        await c.close()
+    assert c.stats()["entries"] == 2000
+    assert per_entry < 2500, f"{per_entry:.0f} bytes an entry"
+
+
 async def test_a_failing_verifier_gives_a_miss_not_an_error(cache):
     await store(cache, "How do I reverse a list in Python?", "reversed()")
 
@@ -302,3 +347,22 @@ def test_hash_embedder_is_deterministic_and_cheap():
     for _ in range(200):
         h.vector(text)
     assert (time.perf_counter() - t0) / 200 < 0.002  # generous bound; ~50 µs measured for 500 tokens
+
+
+@pytest.mark.parametrize("a, b, reason", [
+    ("Convert 100 Fahrenheit to Celsius", "Convert 100 Fahrenheit to Celsius", None),
+    ("Convert 100 Fahrenheit to Celsius", "Convert 200 Fahrenheit to Celsius", "numbers"),
+    ("Convert five miles to km", "Convert 5 miles to km", None),
+    ("Give me a recipe with eggs", "Give me a recipe without eggs", "negation"),
+    ("How do I reverse a list in Python?", "How do I reverse a list in Rust?", "language"),
+    ("Is 3 + 4 equal to 7?", "Is 3 * 4 equal to 7?", "operators"),
+    ("What does `os.path.join` do?", "What does `os.path.split` do?", "identifiers"),
+    ("Convert 100 Fahrenheit to Celsius", "Convert 100 Celsius to Fahrenheit", "direction"),
+    ("How do I sort a dict by value?", "How do I sort a dict by key?", "swap"),
+    ("Explain neural networks", "Explain neural network pruning", "narrower"),
+])
+def test_guard_reasons(a, b, reason):
+    from gateway.cache.text import analyse, guard
+
+    assert guard(analyse(a), analyse(b))[0] == reason
+    assert guard(analyse(b), analyse(a))[0] == reason

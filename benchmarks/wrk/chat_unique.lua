@@ -4,10 +4,14 @@
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_API_KEY") or "test-key-123")
+-- wrk seeds Lua's generator the same way every run: without a seed of our own, the second run would
+-- repeat the first one's prompts and be all exact hits.
+math.randomseed(os.time() * 1000 + math.floor((os.clock() * 1e6) % 1000))
+local run = math.random(1, 1000000000)
 local n = 0
 request = function()
   n = n + 1
   return wrk.format(nil, "/v1/chat/completions", nil,
     '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Tell me fact number ' .. n ..
-    ' about the benchmark run ' .. math.random(1, 1000000000) .. '"}]}')
+    ' about the benchmark run ' .. run .. '-' .. math.random(1, 1000000000) .. '"}]}')
 end

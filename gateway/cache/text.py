@@ -191,18 +191,33 @@ _NUMBER_WORD_SET = frozenset(_NUMBER_WORDS)
 NARROWER_WORDS = 1  # content words one prompt may add to the other before it is a narrower question
 
 
+# The guard's equality-only rules, in the order it reports them.
+LITERAL_RULES = ("numbers", "negation", "language", "operators", "identifiers")
+_MASK = (1 << 64) - 1
+
+
 @dataclass(slots=True)
 class Analysis:
-    """What the guard needs to know about one prompt: small, kept per cache entry."""
+    """What the guard needs to know about one prompt: small, kept per cache entry.
 
+    Every cache entry holds one (computed when it is stored, so a lookup never
+    analyses its candidates), hence the compact form: the rules that only ask
+    "equal or not" (numbers, negation, languages, operators, identifiers) are
+    one int made of a 64-bit hash per rule, the content words are a tuple of
+    interned stems.
+    """
+
+    sig: int  # LITERAL_RULES[i] -> bits 64*i .. 64*i+63: the hash of that rule's values
     content: tuple[str, ...]  # stemmed content words and numbers, sorted (a tuple: 8 bytes a word)
-    numbers: tuple[str, ...]  # sorted numbers (digits and number words)
-    negated: bool
-    idents: frozenset[str]  # identifiers, code spans, quoted strings
-    langs: frozenset[str]
-    ops: tuple[str, ...]  # sorted operators
     arrows: tuple[tuple[str, str], ...]  # (word before, word after) each direction word ("fahrenh", "celsius")
     seq: tuple[str, ...]  # content words in order of first use (only when there are direction words)
+
+
+def _signature(*values) -> int:
+    sig = 0
+    for i, v in enumerate(values):
+        sig |= (hash(v) & _MASK) << (64 * i)
+    return sig
 
 
 _STEMS: dict[str, str] = {}
@@ -258,12 +273,8 @@ def analyse(text: str) -> Analysis:
                        if x not in STOPWORDS and y not in STOPWORDS)
         seq = tuple(dict.fromkeys([_stem_cached(w) for w in words if w not in STOPWORDS]))
     return Analysis(
+        sig=_signature(tuple(sorted(numbers)), bool(wset & NEGATIONS), frozenset(langs), ops, frozenset(idents)),
         content=tuple(sorted(content)),
-        numbers=tuple(sorted(numbers)),
-        negated=bool(wset & NEGATIONS),
-        idents=frozenset(idents),
-        langs=frozenset(langs),
-        ops=ops,
         arrows=arrows,
         seq=seq,
     )
@@ -299,16 +310,11 @@ def guard(a: Analysis, b: Analysis) -> tuple[str | None, int]:
     ``added`` is how many content words one prompt adds to the other (a
     narrower question: the caller asks the verifier for a higher similarity).
     """
-    if a.numbers != b.numbers:
-        return "numbers", 0
-    if a.negated != b.negated:
-        return "negation", 0
-    if a.langs != b.langs:
-        return "language", 0
-    if a.ops != b.ops:
-        return "operators", 0
-    if a.idents != b.idents:
-        return "identifiers", 0
+    if a.sig != b.sig:
+        # The lowest differing 64-bit field is the first rule that differs (a
+        # hash collision, 2**-64 a rule, would let a pair through to the rest).
+        x = a.sig ^ b.sig
+        return LITERAL_RULES[((x & -x).bit_length() - 1) // 64], 0
     ca, cb = set(a.content), set(b.content)
     shared = set(ca & cb)
     only_a = [w for w in ca - cb if w not in NEUTRAL_STEMS]
