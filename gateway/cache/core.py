@@ -43,7 +43,7 @@ import orjson
 from gateway.cache.embed import HASH_DIM, HashEmbedder, MiniLMVerifier, Verifier, make_verifier, similarity
 from gateway.cache.index import VectorIndex
 from gateway.cache.keys import RequestView, view
-from gateway.cache.text import Analysis, analyse, guard
+from gateway.cache.text import analyse, guard
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.cache")
@@ -189,7 +189,7 @@ class Entry:
         self.created = created
         self.expires = expires
         self.label = label
-        self.analysis: Analysis | None = None
+        self.analysis: tuple | None = None  # text.Analysis as a plain tuple
         self.windows: np.ndarray | None = None
 
 
@@ -209,7 +209,7 @@ class _State:
     tenant: str  # the namespace entries are stored under ("<key name>/<namespace>" with scope_by_key)
     view: RequestView | None
     hvec: np.ndarray | None = None
-    analysis: Analysis | None = None
+    analysis: tuple | None = None
 
 
 @dataclass
@@ -219,7 +219,7 @@ class _Job:
     ttl: int
     raw: bytes
     hvec: np.ndarray | None
-    analysis: Analysis | None
+    analysis: tuple | None
 
 
 @dataclass
@@ -484,7 +484,7 @@ class Cache:
         finally:
             self._pending_verifications -= 1
 
-    def _guard(self, qa: Analysis, cands: list[tuple[Entry, float]]):
+    def _guard(self, qa: tuple, cands: list[tuple[Entry, float]]):
         passing = []
         reasons: Counter | None = None
         for e, hsim in cands:
