@@ -378,3 +378,18 @@ def test_guard_reasons(a, b, reason):
 
     assert guard(analyse(a), analyse(b))[0] == reason
     assert guard(analyse(b), analyse(a))[0] == reason
+
+
+async def test_very_long_prompts_use_the_exact_tier_only():
+    """Past max_semantic_chars a prompt is neither indexed nor analysed: exact hits only."""
+    c = Cache(config(max_semantic_chars=200), None)
+    await c.start()
+    try:
+        long = "Summarise this text about the history of the printing press in Europe. " * 4
+        await store(c, long, "A summary.")
+        assert (await lookup(c, long)).status == "hit"
+        assert (await lookup(c, long.replace("Summarise", "Summarize"))).status == "miss"
+        e = next(iter(c._entries.values()))
+        assert e.scope is None and e.analysis is None and c.stats()["index"]["vectors"] == 0
+    finally:
+        await c.close()
