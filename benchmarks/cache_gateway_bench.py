@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""The response cache through the real gateway: cache hits versus the uncached path, in one run.
+"""The response cache through the real gateway: cache hits, misses and the uncached path, in one run.
 
     python benchmarks/cache_gateway_bench.py [--duration 8] [--rounds 2] [--connections 50] [--quick] [--json out.json]
 
 All on 127.0.0.1, bounded in time, reusing benchmarks/gateway_bench.py's processes and wrk runner:
 
-1. the simulator (instant upstream by default, ``--upstream-ms``) pinned to the load core; two
+1. the simulator (instant upstream by default, ``--upstream-ms``) pinned to the load core; three
    ``gateway serve`` (one Granian worker each, pinned to the gateway core with taskset): one with the
    cache on (defaults: MiniLM verifier, threshold 0.85, no Redis unless ``--redis-url``), one with
+   the exact tier only (``GATEWAY_CONFIG`` = a TOML file with ``[cache] semantic = false``), one with
    ``GATEWAY_CACHE=off``;
 2. a small Python client (sequential, one keep-alive connection, on the load core) stores prompt
    ``a`` of every paraphrase pair labelled "hit" in tests/data/cache_pairs*.jsonl, in
@@ -16,16 +17,40 @@ All on 127.0.0.1, bounded in time, reusing benchmarks/gateway_bench.py's process
    ``Cache-Control: no-store``, and as an exact hit; then the first-time lookup of each paraphrase
    ``b`` (a semantic hit when the guard + MiniLM accept it) followed by one more exact hit (see
    ``first_time_pass``); the misses that stored the ``a`` prompts are timed too;
-3. wrk (-t1, load core) interleaved over rounds: cache off, cache on + no-store, exact hit (one
-   stored prompt), and a rotation over the paraphrases that were semantic hits in step 2. A
-   semantic hit stores the paraphrase as an exact alias, so in that rotation every request after
-   the first of each paraphrase is an *exact* hit on the alias: the row says so, and the first-time
-   semantic cost is the step-2 latency, not a wrk row;
-4. the x-cache mix of every wrk run on the cache-on gateway comes from ``GET /admin/cache``
-   before/after (hits, semantic hits, misses, bypasses), and the worker's VmRSS is sampled from
-   /proc under load (cache on with MiniLM loaded, and cache off for comparison).
+3. for the first-time semantic row (below), 8 client threads then store the ``a`` prompt of every
+   pair whose ``b`` was a semantic hit in step 2 into many fresh namespaces: enough that the
+   (namespace, ``b``) items outlast every run of that row (the step-2 semantic-hit P50 gives the
+   rate, times the wrk time, x2), at most ~50 s of storing;
+4. wrk (-t1, load core) interleaved over rounds, one warm-up second per row first:
+   * cache off, cache on + no-store, exact hit (one stored prompt);
+   * a rotation over the paraphrases that were semantic hits in step 2. A semantic hit stores the
+     paraphrase as an exact alias, so in that rotation every request after the first of each
+     paraphrase is an *exact* hit on the alias: the row says so;
+   * the miss path, "unique prompts": every request a prompt never sent before ("Tell me fact
+     number <n> about the benchmark run <row>-<round>-<random id>", the script written per run, so
+     no two runs or rounds share a prompt) against the cache-on gateway, the exact-only gateway and
+     the cache-off gateway. On the cache-on gateway these prompts all share one semantic scope (the
+     default namespace) and differ only in numbers and the run id, so every miss finds hashed-vector
+     candidates and the lexical guard runs (and rejects them: "guard rejects" in the x-cache
+     column) before the miss goes upstream and is stored; the scope's index grows by every miss
+     (to tens of thousands of entries, HNSW past 128) over the rounds. Prompts with nothing alike
+     stored would skip the guard: this is the heavier miss. Each miss is also a store (writer task);
+   * first-time semantic hits: a rotation over the (namespace, ``b``) items of step 3, each sent
+     once, a run resuming where the previous one stopped, so each request is an exact miss, a
+     hashed-vector search, the guard and a MiniLM verification, then a semantic hit. Each namespace
+     is its own semantic scope holding only the ~110 ``a`` prompts of step 3, so the index searched
+     is tiny (the numpy matrix, not HNSW): this is the verifier's cost, not a large index's. It runs
+     at ``--semantic-connections`` (default: the cache's ``max_pending_verifications``, 8) because a
+     lookup that finds more verifications than that waiting answers miss ("shed") instead of
+     queueing: at -c50 most requests would be shed misses. If the items ran out, the rotation
+     wrapped around and its second pass is exact alias hits: the x-cache mix shows it and the row
+     label says so;
+5. the x-cache mix of every wrk run on the cache-on and exact-only gateways comes from
+   ``GET /admin/cache`` before/after (hits, semantic hits, misses, bypasses; and shed verifications,
+   guard rejects, dropped stores, evictions when there were any), and each worker's VmRSS is sampled
+   from /proc: idle after step 2, under load, after the runs, and VmHWM.
 
-Needs wrk and taskset, and two cores.
+Run time on the 2-core host: ~160 s by default, ~45 s with ``--quick``. Needs wrk and taskset, and two cores.
 """
 
 from __future__ import annotations
@@ -33,12 +58,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
+import threading
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +132,50 @@ def rotation_script(path: Path, items: list[tuple[bytes, dict[str, str]]]) -> Pa
         "request = function()\n"
         "  n = n + 1\n"
         "  return reqs[(n % #reqs) + 1]\n"
+        "end\n" + _DONE
+    )
+    return path
+
+
+def unique_script(path: Path, run_id: str) -> Path:
+    """A prompt never sent before on every request: ``run_id`` is new for every run (row, round and a
+    random part), so runs and rounds do not share prompts (wrk seeds Lua's generator identically)."""
+    assert run_id.replace("-", "").isalnum()
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {gb.API_KEY}"\n'
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        f'  return wrk.format("POST", "{gb.CHAT_PATH}", nil,\n'
+        f"    '{{\"model\":\"{MODEL}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Tell me fact number ' .. n ..\n"
+        f"    ' about the benchmark run {run_id}\"}}]}}')\n"
+        "end\n" + _DONE
+    )
+    return path
+
+
+def file_rotation_script(path: Path, data: Path, items: list[tuple[str, bytes]]) -> Path:
+    """(namespace, body) items, one a line in ``data``, read in init() and sent in turn from the first."""
+    with data.open("wb") as f:
+        for ns, body in items:
+            assert b"\n" not in body and b"\t" not in body and "\t" not in ns
+            f.write(ns.encode() + b"\t" + body + b"\n")
+    path.write_text(
+        "local reqs = {}\n"
+        "local n = 0\n"
+        "init = function(args)\n"
+        f"  for line in io.lines({lua_str(str(data))}) do\n"
+        '    local tab = line:find("\\t", 1, true)\n'
+        f'    local h = {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {gb.API_KEY}",\n'
+        '                ["x-gateway-cache-namespace"] = line:sub(1, tab - 1)}\n'
+        f'    reqs[#reqs + 1] = wrk.format("POST", "{gb.CHAT_PATH}", h, line:sub(tab + 1))\n'
+        "  end\n"
+        "end\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        "  return reqs[((n - 1) % #reqs) + 1]\n"
         "end\n" + _DONE
     )
     return path
@@ -184,15 +256,61 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q / 100 * len(xs)))] * 1000.0
 
 
+MIX = ("hits", "semantic_hits", "misses", "bypasses")
+EXTRA = ("verify_shed", "guard_rejects", "store_dropped", "evictions", "verifications")
+
+
 def cache_mix(before: dict, after: dict) -> dict[str, int]:
-    return {k: after[k] - before[k] for k in ("hits", "semantic_hits", "misses", "bypasses")}
+    m = {k: after[k] - before[k] for k in MIX + ("verify_shed", "store_dropped", "evictions", "verifications")}
+    m["guard_rejects"] = sum(after["guard_rejects"].values()) - sum(before["guard_rejects"].values())
+    return m
+
+
+def sum_mixes(ms: list[dict[str, int]]) -> dict[str, int]:
+    return {k: sum(m.get(k, 0) for m in ms) for k in MIX + EXTRA}
 
 
 def fmt_mix(m: dict[str, int]) -> str:
-    total = sum(m.values()) or 1
+    total = sum(m[k] for k in MIX) or 1
     parts = [f"{name} {m[k] / total:.1%}" for k, name in
              (("hits", "hit"), ("semantic_hits", "semantic"), ("misses", "miss"), ("bypasses", "bypass")) if m[k]]
-    return ", ".join(parts) or "none"
+    extra = [f"{name} {m[k]:,}" for k, name in
+             (("verify_shed", "shed verifications"), ("guard_rejects", "guard rejects"),
+              ("store_dropped", "dropped stores"), ("evictions", "evictions")) if m.get(k)]
+    return (", ".join(parts) or "none") + (f" (of {total:,}; " + ", ".join(extra) + ")" if extra else "")
+
+
+def store_namespaces(url: str, prompts: list[str], want: int, budget_s: float, threads: int = 8) -> tuple[list[str], float, int]:
+    """Store every prompt in up to ``want`` fresh namespaces (``threads`` keep-alive connections),
+    namespace after namespace, until ``budget_s`` is spent; returns the namespaces stored in full."""
+    local = threading.local()
+
+    clients: list[Client] = []
+
+    def one(job: tuple[str, str]) -> bool:
+        if not hasattr(local, "c"):
+            local.c = Client(url)
+            clients.append(local.c)
+        ns, text = job
+        _, status, h, _ = local.c.post(gb.CHAT_PATH, chat_body(text), {"x-gateway-cache-namespace": ns})
+        return status == 200 and h.get("x-cache") == "miss"
+
+    done: list[str] = []
+    errors = 0
+    t0 = time.monotonic()
+    run = uuid.uuid4().hex[:6]
+    with ThreadPoolExecutor(threads) as pool:
+        for i in range(want):
+            if time.monotonic() - t0 > budget_s:
+                break
+            ns = f"sem{i}-{run}"
+            ok = list(pool.map(one, [(ns, a) for a in prompts]))
+            errors += ok.count(False)
+            if all(ok):
+                done.append(ns)
+    for c in clients:
+        c.close()
+    return done, time.monotonic() - t0, errors
 
 
 def first_time_pass(on: CacheGateway, off: CacheGateway, pairs: list[tuple[str, str]], namespaces: int) -> dict:
@@ -211,6 +329,7 @@ def first_time_pass(on: CacheGateway, off: CacheGateway, pairs: list[tuple[str, 
                              "exact_after_verify")}
     seen: dict[str, int] = {}
     alias_items: list[tuple[bytes, dict[str, str]]] = []
+    semantic_pairs: dict[tuple[str, str], None] = {}  # in order, each pair once
     errors = 0
     try:
         for n in range(namespaces):
@@ -240,6 +359,7 @@ def first_time_pass(on: CacheGateway, off: CacheGateway, pairs: list[tuple[str, 
                 if x == "semantic-hit":
                     kinds["semantic_hit"].append(took)
                     alias_items.append((chat_body(b), dict(ns)))
+                    semantic_pairs.setdefault((a, b), None)
                     took, status, h, _ = c_on.post(gb.CHAT_PATH, chat_body(a), ns)
                     errors += status != 200
                     if h.get("x-cache") == "hit":
@@ -251,6 +371,7 @@ def first_time_pass(on: CacheGateway, off: CacheGateway, pairs: list[tuple[str, 
         c_on.close()
         c_off.close()
     return {"latency_s": kinds, "paraphrase_x_cache": seen, "alias_items": alias_items, "errors": errors,
+            "semantic_pairs": list(semantic_pairs),
             "verifications": stats["verifications"], "entries": stats["entries"]}
 
 
@@ -259,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run (default 8)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--semantic-connections", type=int, default=None,
+                    help="wrk connections of the first-time semantic row (default: max_pending_verifications, 8)")
     ap.add_argument("--namespaces", type=int, default=3, help="copies of the pair set for first-time semantic samples")
     ap.add_argument("--upstream-ms", type=float, default=0.0, help="simulator latency (default 0: instant upstream)")
     ap.add_argument("--redis-url", default=None, help="mirror the cache-on gateway to this Redis (unique key prefix)")
@@ -274,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     gb.preflight(gw_cpu, load_cpu)
     os.sched_setaffinity(0, {load_cpu})
 
+    from gateway.cache.core import CacheConfig
     from gateway.simulator import SimulatorProcess
 
+    max_pending = CacheConfig().max_pending_verifications
+    sem_conns = args.semantic_connections or min(args.connections, max_pending)
     tmp = Path(tempfile.mkdtemp(prefix="cache-gw-bench-"))
     on_env = {"GATEWAY_CACHE": "on"}
     prefix = None
@@ -283,67 +409,150 @@ def main(argv: list[str] | None = None) -> int:
         prefix = f"gwbench:{uuid.uuid4().hex[:8]}:"
         (tmp / "cache.toml").write_text(f'[cache]\nredis_prefix = "{prefix}"\n')
         on_env |= {"REDIS_URL": args.redis_url, "GATEWAY_CONFIG": str(tmp / "cache.toml")}
+    (tmp / "exact.toml").write_text("[cache]\nsemantic = false\n")
+    exact_env = {"GATEWAY_CACHE": "on", "GATEWAY_CONFIG": str(tmp / "exact.toml")}
     pairs = load_pairs()
     results: dict[str, Any] = {"config": {"duration_s": duration, "rounds": rounds, "connections": args.connections,
-                                          "namespaces": namespaces, "pairs": len(pairs), "upstream_ms": args.upstream_ms,
+                                          "semantic_connections": sem_conns, "namespaces": namespaces,
+                                          "pairs": len(pairs), "upstream_ms": args.upstream_ms,
                                           "redis": bool(args.redis_url), "gateway_cpu": gw_cpu, "load_cpu": load_cpu}}
     t0 = time.monotonic()
     sim = SimulatorProcess({"*": {"latency_ms": args.upstream_ms, "response_tokens": 30}}, cpu=load_cpu)
-    on = off = None
-    rss: dict[str, list[int]] = {"on": [], "off": []}
+    on = off = exact_gw = None
+    rss: dict[str, list[int]] = {"on": [], "exact": [], "off": []}
+    sem: dict[str, Any] = {}
     try:
         sim.start()
         on = CacheGateway("cache on", sim.base_url, gw_cpu, on_env).start()
+        exact_gw = CacheGateway("exact only", sim.base_url, gw_cpu, exact_env).start()
         off = CacheGateway("cache off", sim.base_url, gw_cpu, {"GATEWAY_CACHE": "off"}).start()
-        gb.log(f"cache on: {on.url} workers {on.worker_pids()}; cache off: {off.url} workers {off.worker_pids()}")
+        gws = {"on": on, "exact": exact_gw, "off": off}
+        gb.log(f"cache on: {on.url} workers {on.worker_pids()}; exact only: {exact_gw.url} workers "
+               f"{exact_gw.worker_pids()}; cache off: {off.url} workers {off.worker_pids()}")
+        c_exact = Client(exact_gw.url)
+        st = c_exact.get("/admin/cache", ADMIN_KEY)
+        if not st.get("enabled") or st.get("semantic") is not False:
+            raise RuntimeError(f"exact-only gateway: cache not on with semantic = false: {st}")
         gb.log(f"first-time pass: {len(pairs)} paraphrase pairs x {namespaces} namespace(s)")
         ft = first_time_pass(on, off, pairs, namespaces)
         gb.log(f"paraphrases: {ft['paraphrase_x_cache']}, verifications {ft['verifications']}, errors {ft['errors']}")
         # Idle, after the first-time pass: the model is loaded and the entries are in.
-        rss_idle = {"on": max(gb.proc_status(p).get("VmRSS", 0) for p in on.worker_pids()),
-                    "off": max(gb.proc_status(p).get("VmRSS", 0) for p in off.worker_pids())}
+        rss_idle = {k: max(gb.proc_status(p).get("VmRSS", 0) for p in g.worker_pids()) for k, g in gws.items()}
         if not ft["alias_items"]:
             raise RuntimeError("no paraphrase was a semantic hit: nothing to rotate through")
 
-        exact = chat_body("Say hello to the benchmark in a few words")
-        scripts = {
-            "cache off": (off, static_script(tmp / "off.lua", exact, {})),
-            "no-store": (on, static_script(tmp / "nostore.lua", exact, {"Cache-Control": "no-store"})),
-            "exact hit": (on, static_script(tmp / "exact.lua", exact, {})),
-            "alias rotation": (on, rotation_script(tmp / "alias.lua", ft["alias_items"])),
-        }
+        # --- first-time semantic row: the `a` of every accepted pair, in many fresh namespaces
+        sem_pairs = ft["semantic_pairs"]
+        lat = ft["latency_s"]
+        sem_p50 = statistics.median(lat["semantic_hit"])
+        miss_p50 = statistics.median(lat["miss_store"])
+        # One verification at a time (one executor thread); above max_pending the rest are shed misses.
+        rate_est = 1.0 / (sem_p50 if sem_conns <= max_pending else miss_p50)
+        want_items = math.ceil(rate_est * (duration * rounds + 1) * 2)  # + the 1 s warm-up, x2 margin
+        want_ns = max(1, math.ceil(want_items / len(sem_pairs)))
+        gb.log(f"first-time semantic row: P50 {sem_p50 * 1e3:.1f} ms -> ~{rate_est:,.0f}/s, want {want_items:,} items: "
+               f"{len(sem_pairs)} `a` prompts x {want_ns} namespaces")
         c = Client(on.url)
+        before = c.get("/admin/cache", ADMIN_KEY)
+        sem_ns, store_s, store_errors = store_namespaces(on.url, [a for a, _ in sem_pairs], want_ns, budget_s=50.0)
+        stored = len(sem_ns) * len(sem_pairs)
+        for _ in range(50):  # the writer task indexes them shortly after
+            now = c.get("/admin/cache", ADMIN_KEY)
+            if now["stores"] - before["stores"] >= stored:
+                break
+            time.sleep(0.1)
+        sem_items = [(ns, chat_body(b)) for ns in sem_ns for _, b in sem_pairs]
+        sem = {"namespaces": len(sem_ns), "wanted_namespaces": want_ns, "prompts_per_namespace": len(sem_pairs),
+               "items": len(sem_items), "store_s": round(store_s, 1), "store_errors": store_errors,
+               "stores_done": now["stores"] - before["stores"], "rate_est": round(rate_est), "connections": sem_conns,
+               "cursor": 0, "wrapped": False}
+        gb.log(f"stored {stored:,} in {store_s:.1f} s ({len(sem_ns)} namespaces, errors {store_errors}); "
+               f"writer stores {sem['stores_done']:,}")
+        if not sem_items:
+            raise RuntimeError("no namespace stored for the first-time semantic row")
+
+        exact = chat_body("Say hello to the benchmark in a few words")
+        static = {
+            "off.lua": static_script(tmp / "off.lua", exact, {}),
+            "nostore.lua": static_script(tmp / "nostore.lua", exact, {"Cache-Control": "no-store"}),
+            "exact.lua": static_script(tmp / "exact.lua", exact, {}),
+            "alias.lua": rotation_script(tmp / "alias.lua", ft["alias_items"]),
+        }
+        runs_of: dict[str, int] = {}
+
+        def unique(slug: str):
+            def make(tag: str) -> Path:
+                run_id = f"{slug}-{tag}-{uuid.uuid4().hex[:10]}"
+                return unique_script(tmp / f"unique-{slug}.lua", run_id)
+            return make
+
+        def semantic_rotation(tag: str) -> Path:
+            rest = sem_items[sem["cursor"]:]
+            if not rest:
+                sem["wrapped"] = True
+                rest = sem_items  # all used: these are exact alias hits now (the mix shows it)
+            return file_rotation_script(tmp / "semantic.lua", tmp / "semantic.tsv", rest)
+
+        # label -> (gateway key, connections, script maker)
+        scripts: dict[str, tuple[str, int, Any]] = {
+            "cache off": ("off", args.connections, lambda tag: static["off.lua"]),
+            "no-store": ("on", args.connections, lambda tag: static["nostore.lua"]),
+            "exact hit": ("on", args.connections, lambda tag: static["exact.lua"]),
+            "alias rotation": ("on", args.connections, lambda tag: static["alias.lua"]),
+            "unique on": ("on", args.connections, unique("on")),
+            "unique exact": ("exact", args.connections, unique("exact")),
+            "unique off": ("off", args.connections, unique("off")),
+            "semantic 1st": ("on", sem_conns, semantic_rotation),
+        }
         c.post(gb.CHAT_PATH, exact, {})  # stored (start()'s check_chat stored it already)
         took, status, h, _ = c.post(gb.CHAT_PATH, exact, {})
         assert status == 200 and h.get("x-cache") == "hit", h
+        admin = {"on": c, "exact": c_exact}
 
         mixes: dict[str, list[dict]] = {k: [] for k in scripts}
 
-        def measure(label: str, url: str) -> dict[str, Any]:
-            gw, script = scripts[label]
-            which = "on" if gw is on else "off"
+        def run(label: str, url: str, seconds: int, tag: str, record: bool) -> dict[str, Any]:
+            which, conns, make = scripts[label]
+            script = make(tag)
 
             def sample() -> None:
-                vals = [gb.proc_status(p).get("VmRSS", 0) for p in gw.worker_pids()]
+                vals = [gb.proc_status(p).get("VmRSS", 0) for p in gws[which].worker_pids()]
                 if vals:
                     rss[which].append(max(vals))
 
-            before = c.get("/admin/cache", ADMIN_KEY) if gw is on else None
-            res = gb.run_wrk(url, script, args.connections, duration, load_cpu, sample)
-            if before is not None:
-                mixes[label].append(cache_mix(before, c.get("/admin/cache", ADMIN_KEY)))
+            ac = admin.get(which)
+            before = ac.get("/admin/cache", ADMIN_KEY) if ac else None
+            res = gb.run_wrk(url, script, conns, seconds, load_cpu, sample if record else None)
+            if label == "semantic 1st":
+                sem["cursor"] += res["requests"] + conns  # sent but unanswered at the end count as used
+            if ac is not None:
+                time.sleep(0.2)  # the requests still in flight when wrk stopped
+                mix = cache_mix(before, ac.get("/admin/cache", ADMIN_KEY))
+                if record:
+                    mixes[label].append(mix)
+                else:
+                    gb.log(f"warm-up {label}: {fmt_mix(mix)}")
             return res
 
-        def warm(label: str, url: str) -> None:
-            gb.run_wrk(url, scripts[label][1], args.connections, 1, load_cpu)
+        def measure(label: str, url: str) -> dict[str, Any]:
+            runs_of[label] = runs_of.get(label, 0) + 1
+            return run(label, url, duration, f"r{runs_of[label]}", True)
 
-        targets = [(label, gw.url) for label, (gw, _) in scripts.items()]
+        def warm(label: str, url: str) -> None:
+            run(label, url, 1, "warm", False)
+
+        targets = [(label, gws[which].url) for label, (which, _, _) in scripts.items()]
         runs = gb.interleaved("cache", targets, measure, warm, rounds)
+        end_stats = c.get("/admin/cache", ADMIN_KEY)
         c.close()
-        hwm = {"on": max(gb.proc_status(p).get("VmHWM", 0) for p in on.worker_pids()),
-               "off": max(gb.proc_status(p).get("VmHWM", 0) for p in off.worker_pids())}
+        c_exact.close()
+        rss_end = {k: max(gb.proc_status(p).get("VmRSS", 0) for p in g.worker_pids()) for k, g in gws.items()}
+        hwm = {k: max(gb.proc_status(p).get("VmHWM", 0) for p in g.worker_pids()) for k, g in gws.items()}
     finally:
-        for s in (on, off):
+        for s in (on, exact_gw, off):
+            if s is not None:
+                s.terminate()
+        for s in (on, exact_gw, off):
             if s is not None:
                 s.stop()
         sim.stop()
@@ -363,28 +572,44 @@ def main(argv: list[str] | None = None) -> int:
         f"Cache through the gateway, {time.strftime('%Y-%m-%d %H:%M')}: gateway on core {gw_cpu} (1 Granian worker "
         f"each), wrk -t1 -c{args.connections} + simulator (upstream {args.upstream_ms:g} ms) on core {load_cpu}; "
         f"{duration} s runs, {rounds} interleaved round(s); cache on = defaults (minilm, 0.85"
-        f"{', Redis mirror' if args.redis_url else ', no Redis'}).",
+        f"{', Redis mirror' if args.redis_url else ', no Redis'}); exact only = [cache] semantic = false.",
         "",
         "| target | req/s median (per round) | vs cache off | vs no-store | P50 / P99 ms | x-cache (admin stats) | errors |",
         "|---|---|---|---|---|---|---|",
     ]
+    sem_mix = sum_mixes(mixes["semantic 1st"])
+    sem_total = sum(sem_mix[k] for k in MIX) or 1
+    sem_note = f"{sem['items']:,} (namespace, paraphrase) items = {sem['namespaces']} namespaces x {sem['prompts_per_namespace']}"
+    if sem["wrapped"] or sem_mix["hits"]:
+        sem_note += f"; ROTATION WRAPPED: {sem_mix['hits'] / sem_total:.0%} were exact alias hits"
     names = {
         "cache off": "uncached: GATEWAY_CACHE=off",
         "no-store": "uncached: cache on, Cache-Control: no-store",
         "exact hit": "exact hit (one stored prompt)",
         "alias rotation": f"paraphrases, rotating ({len(ft['alias_items'])}; exact hits on their aliases)",
+        "unique on": "miss path, unique prompts: cache on (semantic tier: guard runs, then miss + store)",
+        "unique exact": "miss path, unique prompts: exact tier only (miss + store)",
+        "unique off": "unique prompts: GATEWAY_CACHE=off",
+        "semantic 1st": f"first-time semantic hits, -c{sem_conns} ({sem_note})",
     }
     for k, rs in runs.items():
         per = " / ".join(f"{r['rps']:,.0f}" for r in rs)
         p50 = statistics.median(r["p50_ms"] for r in rs)
         p99 = statistics.median(r["p99_ms"] for r in rs)
-        mix = "n/a (cache off)" if k == "cache off" else fmt_mix(
-            {m: sum(x[m] for x in mixes[k]) for m in ("hits", "semantic_hits", "misses", "bypasses")})
+        mix = "n/a (cache off)" if scripts[k][0] == "off" else fmt_mix(sum_mixes(mixes[k]))
         lines.append(
             f"| {names[k]} | {base[k]:,.0f} ({per}) | {base[k] / base['cache off']:.2f}x | {base[k] / base['no-store']:.2f}x "
             f"| {p50:.2f} / {p99:.2f} | {mix} | {sum(r['errors'] for r in rs)} |"
         )
-    lat = ft["latency_s"]
+    lines += [
+        "",
+        f"First-time semantic row: {sem['stores_done']:,} `a` prompts stored beforehand in {sem['store_s']} s "
+        f"(8 threads; sized for ~{sem['rate_est']}/s x {duration * rounds + 1} s x 2 = {sem['wanted_namespaces']} "
+        f"namespaces wanted, {sem['namespaces']} stored, store errors {sem['store_errors']}); "
+        f"{min(sem['cursor'], sem['items']):,} items used. Each namespace is its own semantic scope of "
+        f"{sem['prompts_per_namespace']} entries: a tiny index per lookup, the cost is the guard + MiniLM. "
+        f"Cache-on worker at the end: {end_stats['entries']:,} entries, index {end_stats['index']}.",
+    ]
     lines += [
         "",
         f"First-time lookups, one sequential client on one keep-alive connection ({len(pairs)} labelled paraphrase "
@@ -409,17 +634,19 @@ def main(argv: list[str] | None = None) -> int:
     mb = lambda kb: f"{kb / 1024:.1f} MB"  # noqa: E731
     lines += [
         "",
-        "| worker RSS | idle, after the first-time pass | max sampled under wrk load | VmHWM at end |",
-        "|---|---|---|---|",
-        f"| cache on (minilm loaded, {ft['entries']} entries) | {mb(rss_idle['on'])} | {mb(max(rss['on'], default=0))} | {mb(hwm['on'])} |",
-        f"| cache off | {mb(rss_idle['off'])} | {mb(max(rss['off'], default=0))} | {mb(hwm['off'])} |",
-        "",
-        f"Elapsed {results['elapsed_s']} s.",
+        "| worker RSS | idle, after the first-time pass | max sampled under wrk load | after the runs | VmHWM at end |",
+        "|---|---|---|---|---|",
     ]
+    for k, name in (("on", f"cache on (minilm loaded, {end_stats['entries']:,} entries at end)"),
+                    ("exact", "exact only (semantic = false)"), ("off", "cache off")):
+        lines.append(f"| {name} | {mb(rss_idle[k])} | {mb(max(rss[k], default=0))} | {mb(rss_end[k])} | {mb(hwm[k])} |")
+    lines += ["", f"Elapsed {results['elapsed_s']} s."]
     table = "\n".join(lines)
     print("\n" + table)
     results.update(runs=runs, mixes=mixes, first_time={k: v for k, v in ft.items() if k != "alias_items"},
-                   rss_kb={"idle": rss_idle, "load_max": {k: max(v, default=0) for k, v in rss.items()}, "hwm": hwm},
+                   semantic_row=sem, end_stats=end_stats,
+                   rss_kb={"idle": rss_idle, "load_max": {k: max(v, default=0) for k, v in rss.items()},
+                           "end": rss_end, "hwm": hwm},
                    table=table)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1, default=str))
