@@ -155,7 +155,7 @@ async def bench_latency(args) -> None:
     for p in queries[:50]:
         await cache.lookup(req(p["messages"]))
     queries = queries[50:]
-    for label in ("cold: candidates never analysed before", "warm: the same lookups again"):
+    for label in ("first time: each query asked once", "again: the same lookups a second time"):
         print(f"-- {label}")
         _report_latency(await _time_lookups(cache, queries), len(fill))
     await cache.close()
@@ -189,7 +189,7 @@ def _report_latency(rows: list, fill: int) -> None:
     for b in ("short", "medium", "long"):
         x = [r[2] for r in miss if r[0] == b]
         print(f"  {b:>6}: n={len(x):>5}  p50 {pct(x, 50) * 1e3:.3f} ms  p99 {pct(x, 99) * 1e3:.3f} ms")
-    paths = {"no candidate above the floor": [r[2] for r in miss if not r[3] and not r[4]],
+    paths = {"no candidate (content key, index)": [r[2] for r in miss if not r[3] and not r[4]],
              "candidates, all rejected by the guard": [r[2] for r in miss if not r[3] and r[4]],
              "verifier ran (model embedding)": [r[2] for r in miss if r[3]]}
     for name, x in paths.items():

@@ -43,7 +43,7 @@ import orjson
 from gateway.cache.embed import HASH_DIM, HashEmbedder, MiniLMVerifier, Verifier, make_verifier, similarity
 from gateway.cache.index import VectorIndex
 from gateway.cache.keys import RequestView, view
-from gateway.cache.text import analyse, guard
+from gateway.cache.text import analyse, content_key, guard, is_long
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.cache")
@@ -178,7 +178,7 @@ _MISS = CacheResult("miss")
 
 class Entry:
     __slots__ = ("key", "rkey", "tenant", "scope", "text", "response", "created", "expires", "label", "analysis",
-                 "windows")
+                 "ckey", "indexed", "windows")
 
     def __init__(self, key: str, tenant: str, scope: str | None, text: str | None, response: bytes,
                  created: float, expires: float, label: int) -> None:
@@ -192,6 +192,8 @@ class Entry:
         self.expires = expires
         self.label = label
         self.analysis: tuple | None = None  # text.Analysis as a plain tuple
+        self.ckey: int | None = None  # text.content_key: where the semantic tier finds it (scope set only)
+        self.indexed = False  # also in the vector index (a long prompt)
         self.windows: np.ndarray | None = None
 
 
@@ -256,6 +258,8 @@ class Cache:
         self._next_label = 1
         self._expiry: list[tuple[float, int, str]] = []
         self._index = VectorIndex(HASH_DIM)
+        self._by_ckey: dict[int, tuple[int, ...]] = {}  # content key -> labels (a tuple of ints: not GC-tracked)
+        self._scope_entries: dict[str, int] = {}  # scope -> entries the semantic tier can find
         self._hasher = HashEmbedder(HASH_DIM)
         self._verifier: Verifier | None = None
         if config.semantic:
@@ -414,15 +418,9 @@ class Cache:
                 return CacheResult("hit", self._response(e), None)
             self._drop(e)
             self._stats.expirations += 1
-        if self._semantic_on and v.scope is not None and v.scope in self._index.shards \
+        if self._semantic_on and v.scope is not None and v.scope in self._scope_entries \
                 and len(v.query) <= self.config.max_semantic_chars:
-            st.hvec = hv = self._hasher.vector(v.query)
-            floor = self.config.candidate_threshold
-            cands = []
-            for label, sim in self._index.search(v.scope, hv, self.config.candidates):
-                c = self._labels.get(label)
-                if c is not None and sim >= floor and c.expires > now and c.text is not None:
-                    cands.append((c, sim))
+            cands = self._candidates(st, v, now)
             if cands:
                 best, sim = await self._semantic(st, v.query, cands)
                 if best is not None and best.key in self._entries and best.expires > time.time():
@@ -436,23 +434,46 @@ class Cache:
         self._stats.misses += 1
         return _MISS
 
+    def _candidates(self, st: _State, v: RequestView, now: float) -> list[tuple[Entry, float | None]]:
+        """The entries that may mean the same as the query: (entry, hashed cosine or None).
+
+        Every prompt the guard could pass under its short-prompt rule has the query's content key:
+        one dict lookup finds them all. Long prompts may differ in a few words: those are also
+        looked for in the vector index (the hashed vectors' nearest, cosine >= candidate_threshold).
+        """
+        qa = st.analysis
+        if qa is None:
+            qa = st.analysis = analyse(v.query)
+        cands: list[tuple[Entry, float | None]] = []
+        labels = self._by_ckey.get(content_key(v.scope, qa))
+        if labels:
+            for label in labels:
+                c = self._labels.get(label)
+                if c is not None and c.expires > now:
+                    cands.append((c, None))
+        if is_long(qa) and v.scope in self._index.shards:
+            st.hvec = hv = self._hasher.vector(v.query)
+            floor = self.config.candidate_threshold
+            for label, sim in self._index.search(v.scope, hv, self.config.candidates):
+                c = self._labels.get(label)
+                if c is not None and sim >= floor and c.expires > now and all(c is not x for x, _ in cands):
+                    cands.append((c, sim))
+        return cands
+
     def _response(self, e: Entry) -> dict:
         resp = orjson.loads(e.response)
         resp["id"] = "chatcmpl-" + uuid.uuid4().hex[:24]
         resp["created"] = int(time.time())
         return resp
 
-    async def _semantic(self, st: _State, query: str, cands: list[tuple[Entry, float]]) -> tuple[Entry | None, float]:
+    async def _semantic(self, st: _State, query: str, cands: list[tuple[Entry, float | None]]) -> tuple[Entry | None, float]:
         """Guard, then verifier: the best candidate that means the same as ``query``, or None."""
         try:
-            # The guard runs here, on the loop: the candidates were analysed when they were
-            # stored, so it costs one analysis of the query (25-220 µs, kept for this request's
-            # own store) and a few comparisons. On a thread it would cost as much CPU, plus the
-            # hand-off, and hold the GIL against the loop for up to the switch interval.
-            qa = st.analysis
-            if qa is None:
-                qa = st.analysis = analyse(query)
-            passing, reasons = self._guard(qa, cands)
+            # The guard runs here, on the loop: the query was analysed once (25-220 µs, kept for
+            # this request's own store), the candidates when they were stored, so it is a few
+            # comparisons. On a thread it would cost as much CPU, plus the hand-off, and hold the
+            # GIL against the loop for up to the switch interval.
+            passing, reasons = self._guard(st.analysis, cands)
             if reasons:
                 self._stats.guard.update(reasons)
             if not passing:
@@ -460,6 +481,10 @@ class Cache:
             if self._verifier is None:  # embedder = "hash": the hashed cosine decides
                 best, best_sim = None, 0.0
                 for e, hsim, added in passing:
+                    if hsim is None:  # found by its content key
+                        if st.hvec is None:
+                            st.hvec = self._hasher.vector(query)
+                        hsim = float(st.hvec @ self._hasher.vector(e.text))
                     if hsim >= self._needed(added) and hsim > best_sim:
                         best, best_sim = e, hsim
                 return best, best_sim
@@ -486,7 +511,7 @@ class Cache:
         finally:
             self._pending_verifications -= 1
 
-    def _guard(self, qa: tuple, cands: list[tuple[Entry, float]]):
+    def _guard(self, qa: tuple, cands: list[tuple[Entry, float | None]]):
         passing = []
         reasons: Counter | None = None
         for e, hsim in cands:
@@ -595,12 +620,13 @@ class Cache:
                     text = (v.query if self._semantic_on and v.scope is not None
                             and len(v.query) <= self.config.max_semantic_chars else None)
                     e = Entry(v.exact, j.tenant, v.scope if text else None, text, j.raw, now, now + j.ttl, 0)
-                    hv = j.hvec
+                    hv = None
                     if text is not None:
-                        if hv is None:
-                            hv = self._hasher.vector(text)
                         # Analysed now, once, so that no lookup has to analyse its candidates.
-                        e.analysis = j.analysis or analyse(text)
+                        e.analysis = a = j.analysis or analyse(text)
+                        e.ckey = content_key(v.scope, a)
+                        if is_long(a):
+                            hv = j.hvec if j.hvec is not None else self._hasher.vector(text)
                     self._insert(e, hv)
                     made.append((e, hv))
                     self._stats.stores += 1
@@ -626,8 +652,13 @@ class Cache:
         e.rkey = f"{self._k_entry}{e.tenant}:{e.key}"
         self._entries[e.key] = e
         self._labels[e.label] = e
-        if e.scope is not None and hv is not None and e.text is not None:
-            self._index.add(e.scope, e.label, hv)
+        if e.scope is not None and e.ckey is not None:
+            labels = self._by_ckey.get(e.ckey)
+            self._by_ckey[e.ckey] = (e.label,) if labels is None else labels + (e.label,)
+            self._scope_entries[e.scope] = self._scope_entries.get(e.scope, 0) + 1
+            if hv is not None:
+                self._index.add(e.scope, e.label, hv)
+                e.indexed = True
         heapq.heappush(self._expiry, (e.expires, e.label, e.key))
         while len(self._entries) > self.config.max_entries:
             _, victim = self._entries.popitem(last=False)
@@ -641,8 +672,21 @@ class Cache:
     def _drop(self, e: Entry) -> None:
         if self._entries.get(e.key) is e:
             del self._entries[e.key]
-        self._labels.pop(e.label, None)
-        if e.scope is not None:
+        if self._labels.pop(e.label, None) is None or e.scope is None or e.ckey is None:
+            return
+        labels = self._by_ckey.get(e.ckey)
+        if labels is not None:
+            rest = tuple(x for x in labels if x != e.label)
+            if rest:
+                self._by_ckey[e.ckey] = rest
+            else:
+                del self._by_ckey[e.ckey]
+        n = self._scope_entries.get(e.scope, 0) - 1
+        if n > 0:
+            self._scope_entries[e.scope] = n
+        else:
+            self._scope_entries.pop(e.scope, None)
+        if e.indexed:
             self._index.remove(e.scope, e.label)
 
     async def _sweeper(self) -> None:
@@ -716,7 +760,8 @@ class Cache:
             "verify_shed": s.verify_shed,
             "verify_errors": s.verify_errors,
             "guard_rejects": dict(s.guard),
-            "index": {"scopes": len(self._index.shards), "hnsw_scopes": self._index.hnsw_shards(),
+            "index": {"scopes": len(self._scope_entries), "content_keys": len(self._by_ckey),
+                      "vector_scopes": len(self._index.shards), "hnsw_scopes": self._index.hnsw_shards(),
                       "vectors": len(self._index), "rebuilds": self._index.rebuilds},
             "redis": {
                 "configured": self.redis_url is not None,
@@ -875,14 +920,20 @@ class Cache:
             e = Entry(m["k"], m["t"], m.get("s"), m.get("x"), row[b"r"], m["c"], m["e"], 0)
             hv = None
             raw = row.get(b"h")
-            if e.scope is not None and raw:
-                hv = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
-                if hv.shape[0] != HASH_DIM:
-                    hv = None
-            if e.scope is not None and hv is None and e.text:
-                hv = self._hasher.vector(e.text)
+            if e.scope is not None and e.text:
+                e.ckey = m.get("ck")
+                indexed = bool(raw)  # the writer sends a vector for long prompts only
+                if e.ckey is None:  # written by a version without content keys
+                    e.analysis = analyse(e.text)
+                    e.ckey = content_key(e.scope, e.analysis)
+                    indexed = is_long(e.analysis)
+                if indexed:
+                    if raw:
+                        hv = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+                    if hv is None or hv.shape[0] != HASH_DIM:
+                        hv = self._hasher.vector(e.text)
             self._insert(e, hv)
-            if e.text is not None and self._semantic_on:
+            if e.text is not None and e.analysis is None and self._semantic_on:
                 self._unanalysed.append(e)
                 if self._backfill_wake is not None:
                     self._backfill_wake.set()
@@ -911,9 +962,11 @@ class Cache:
             ttl = int(e.expires - now + 0.999)
             if ttl <= 0:
                 continue
-            if hv is None and e.scope is not None and e.text is not None:
+            if hv is None and e.indexed:
                 hv = self._hasher.vector(e.text)
             meta = {"k": e.key, "t": e.tenant, "s": e.scope, "x": e.text, "c": e.created, "e": e.expires}
+            if e.ckey is not None:
+                meta["ck"] = e.ckey
             mapping = {"m": orjson.dumps(meta), "r": e.response}
             if hv is not None:
                 mapping["h"] = hv.astype(np.float16).tobytes()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import sys
 import unicodedata
+from hashlib import blake2b
 from typing import NamedTuple
 
 # Words that carry no topic: dropped from the content sets (they still count
@@ -189,11 +190,11 @@ for _i, _group in enumerate(_SYNONYMS):
 NEUTRAL_STEMS = frozenset(_stem(w) for w in NEUTRAL)
 _NUMBER_WORD_SET = frozenset(_NUMBER_WORDS)
 NARROWER_WORDS = 1  # content words one prompt may add to the other before it is a narrower question
+LONG_PROMPT_WORDS = 20  # from this many content words (in both prompts) a few may differ
 
 
 # The guard's equality-only rules, in the order it reports them.
 LITERAL_RULES = ("numbers", "negation", "language", "operators", "identifiers")
-_MASK = (1 << 64) - 1
 
 
 class Analysis(NamedTuple):
@@ -216,11 +217,44 @@ class Analysis(NamedTuple):
     seq: tuple[str, ...]  # content words in order of first use (only when there are direction words)
 
 
+def _digest64(text: str) -> int:
+    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
 def _signature(*values) -> int:
+    # blake2b, not hash(): string hashes differ between processes, and the signature is part of the
+    # content key that workers share through Redis. Values are sorted tuples, so their repr is stable.
     sig = 0
     for i, v in enumerate(values):
-        sig |= (hash(v) & _MASK) << (64 * i)
+        sig |= _digest64(repr(v)) << (64 * i)
     return sig
+
+
+def content_key(scope: str, a: tuple) -> int:
+    """A key that every prompt which can pass :func:`guard`'s short-prompt rule with ``a`` shares.
+
+    Below ``LONG_PROMPT_WORDS`` content words the guard lets two prompts
+    through only when they have the same literals (``sig``) and every
+    content word that is not a framing word pairs with one in the other
+    prompt: the same stem, a synonym, or one a prefix of the other (4
+    letters at least). So the key is the scope, the signature and the set of
+    content words mapped to their synonym group or first 4 letters: equal
+    for every such pair, and an exact dict lookup finds them all, however
+    many entries there are (an approximate vector search at 100,000 entries
+    missed about half of them).
+    """
+    canon = set()
+    for w in a[1]:
+        if w in NEUTRAL_STEMS:
+            continue
+        g = SYNONYM_OF.get(w)
+        canon.add(f"#{g}" if g is not None else w[:4])
+    return _digest64(f"{scope}\x1f{a[0]:x}\x1f" + " ".join(sorted(canon)))
+
+
+def is_long(a: tuple) -> bool:
+    """Whether the guard's long-prompt rule (a few differing words allowed) can apply: then the vector index finds candidates."""
+    return len(a[1]) >= LONG_PROMPT_WORDS
 
 
 _STEMS: dict[str, str] = {}
@@ -277,7 +311,7 @@ def analyse(text: str) -> tuple:
                        if x not in STOPWORDS and y not in STOPWORDS)
         seq = tuple(dict.fromkeys([_stem_cached(w) for w in words if w not in STOPWORDS]))
     return (
-        _signature(tuple(sorted(numbers)), bool(wset & NEGATIONS), frozenset(langs), ops, frozenset(idents)),
+        _signature(tuple(sorted(numbers)), bool(wset & NEGATIONS), tuple(sorted(langs)), ops, tuple(sorted(idents))),
         tuple(sorted(content)),
         arrows,
         seq,
@@ -344,7 +378,7 @@ def guard(a: tuple, b: tuple) -> tuple[str | None, int]:
         return "direction", 0
     added = len(only_a) + len(only_b)
     n = min(len(ca), len(cb))
-    if n >= 20:
+    if n >= LONG_PROMPT_WORDS:
         # Long prompts (documents, code): the embedders see only a head and a
         # tail window, so the rest must be near-identical word for word.
         if added > max(4, n // 20):
