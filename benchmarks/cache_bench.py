@@ -3,6 +3,7 @@
     python benchmarks/cache_bench.py pairs                 # labelled pairs: paraphrase hits / false hits vs threshold
     python benchmarks/cache_bench.py hitrate --n 20000     # spec-mix traffic: hit rate (and false hits) vs threshold
     python benchmarks/cache_bench.py latency --fill 100000 # lookup latency of misses at 100k entries, embedding included
+    python benchmarks/cache_bench.py recall --fill 100000  # the labelled paraphrases still found behind 100k entries
     python benchmarks/cache_bench.py ops                   # lookups/s of exact and semantic hits (cache only)
 
 Everything runs in one process, in memory (no Redis: the mirror is off the
@@ -197,6 +198,40 @@ def _report_latency(rows: list, fill: int) -> None:
               f"p99 {pct(x, 99) * 1e3:.3f} ms")
 
 
+# ----------------------------------------------------------------------------- recall
+
+async def bench_recall(args) -> None:
+    """The labelled paraphrases, stored in one scope behind --fill entries of the spec mix: how many still hit."""
+    pairs = []
+    for name in ("cache_pairs.jsonl", "cache_pairs_holdout.jsonl"):
+        for line in (DATA / name).read_text().splitlines():
+            if line.strip() and json.loads(line)["label"] == "hit":
+                pairs.append(json.loads(line))
+    for fill in sorted({0, args.fill}):
+        cache = Cache(cache_config(args), None)
+        await cache.start()
+        for i, p in enumerate(unique_prompts(fill, seed=5)):
+            cache.store(req(p["messages"]), answer(f"filler {i}"))
+            if i % 1000 == 999:
+                await cache.drain()
+        for i, p in enumerate(pairs):
+            cache.store(req([{"role": "user", "content": p["a"]}]), answer(f"pair {i}"))
+        await cache.drain()
+        await asyncio.sleep(0.5)  # model warm
+        own = other = 0
+        for i, p in enumerate(pairs):
+            r = await cache.lookup(req([{"role": "user", "content": p["b"]}]))
+            if r.status == "semantic-hit":
+                if r.response["choices"][0]["message"]["content"] == f"pair {i}":
+                    own += 1
+                else:
+                    other += 1
+                    print(f"   served another entry: {p['b']!r} -> {r.response['choices'][0]['message']['content']!r}")
+        print(f"{fill:>7} filler entries: {own}/{len(pairs)} paraphrases hit their original, {other} another entry; "
+              f"index {cache.stats()['index']}")
+        await cache.close()
+
+
 # ----------------------------------------------------------------------------- ops
 
 async def bench_ops(args) -> None:
@@ -235,7 +270,7 @@ async def bench_ops(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["pairs", "hitrate", "latency", "ops"])
+    ap.add_argument("what", choices=["pairs", "hitrate", "latency", "recall", "ops"])
     ap.add_argument("--embedder", default="minilm", choices=["minilm", "hash"])
     ap.add_argument("--thresholds", type=float, nargs="*", default=[0.75, 0.8, 0.85, 0.9, 0.95])
     ap.add_argument("--n", type=int, default=20_000)
@@ -248,7 +283,8 @@ def main() -> None:
     import platform
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
-    asyncio.run({"pairs": bench_pairs, "hitrate": bench_hitrate, "latency": bench_latency, "ops": bench_ops}[args.what](args))
+    asyncio.run({"pairs": bench_pairs, "hitrate": bench_hitrate, "latency": bench_latency, "recall": bench_recall,
+                 "ops": bench_ops}[args.what](args))
 
 
 if __name__ == "__main__":

@@ -83,3 +83,44 @@ async def test_hash_only_embedder_at_its_calibrated_threshold():
         await cache.close()
     assert res["false_hit_share"] < 0.01, res["false"]
     assert res["paraphrase_hit_rate"] >= 0.3
+
+
+async def test_paraphrases_still_found_in_a_crowded_scope():
+    """The same paraphrases hit when their scope also holds thousands of other prompts of the spec mix.
+
+    Every pair in one scope (the default namespace) behind 5,000 filler entries: an approximate
+    vector search over hashed vectors lost about half of them at this kind of size.
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from cache_prompts import unique_prompts
+
+    pairs = [p for p in load("cache_pairs.jsonl") + load("cache_pairs_holdout.jsonl") if p["label"] == "hit"]
+    alone = Cache(config(), None)
+    crowded = Cache(config(), None)
+    for c in (alone, crowded):
+        await c.start()
+    try:
+        for i, p in enumerate(unique_prompts(5000, seed=5)):
+            crowded.store(chat(p["messages"][-1]["content"]), completion(f"filler {i}"))
+            if i % 500 == 499:
+                await crowded.drain()
+        for c in (alone, crowded):
+            for i, p in enumerate(pairs):
+                c.store(chat(p["a"]), completion(f"answer {i}"))
+            await c.drain()
+        found = {}
+        for name, c in (("alone", alone), ("crowded", crowded)):
+            found[name] = set()
+            for i, p in enumerate(pairs):
+                r = await c.lookup(chat(p["b"]))
+                if r.status == "semantic-hit" and r.response["choices"][0]["message"]["content"] == f"answer {i}":
+                    found[name].add(i)
+        assert crowded.stats()["entries"] >= 5000
+        assert len(found["alone"]) >= len(pairs) // 2
+        lost = found["alone"] - found["crowded"]
+        assert len(lost) <= 2, [pairs[i]["b"] for i in lost]
+    finally:
+        for c in (alone, crowded):
+            await c.close()
