@@ -89,15 +89,19 @@ def _needs_simulator(settings: Settings) -> bool:
     return not settings.configured_providers and not settings.models
 
 
+def _override(settings: Settings, args: argparse.Namespace) -> None:
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+
+
 def serve(args: argparse.Namespace) -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
         _fail(str(exc))
-    if args.host:
-        settings.host = args.host
-    if args.port:
-        settings.port = args.port
+    _override(settings, args)
     workers = args.workers or settings.worker_processes
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -113,6 +117,7 @@ def serve(args: argparse.Namespace) -> None:
             sim_env["GATEWAY_SIMULATOR_ADMIN_URL"],
         )
         settings = load_settings()
+        _override(settings, args)  # the reload must not undo --host / --port
     else:
         log.info("providers configured: %s", ", ".join(settings.configured_providers) or "(model groups only)")
 

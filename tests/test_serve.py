@@ -71,6 +71,32 @@ def test_api_url_with_a_host_name_binds():
         assert gw.proc.poll() is None
 
 
+def test_port_option_holds_with_the_embedded_simulator(tmp_path):
+    # The embedded default reloads its settings once the simulator is up: --port must survive that.
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    env = {k: v for k, v in __import__("os").environ.items() if not k.endswith("_API_KEY") and k != "API_URL"}
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def test_bind_address_resolves_names():
     assert bind_address("127.0.0.1") == "127.0.0.1"
     assert bind_address("0.0.0.0") == "0.0.0.0"
