@@ -160,6 +160,32 @@ async def test_ttl_is_written_to_redis(redis_url, redis_prefix):
         await c.close()
 
 
+async def test_entries_written_without_content_keys_still_hit_semantically(redis_url, redis_prefix):
+    """An entry mirrored by a version that wrote no content key ('ck') is analysed when loaded."""
+    import orjson
+
+    a = Cache(config(redis_prefix=redis_prefix), redis_url)
+    await a.start()
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        await store(a, "How do I reverse a list in Python?", "reversed()")
+        await a.close()
+        keys = [k async for k in r.scan_iter(match=f"{redis_prefix}e:*")]
+        assert len(keys) == 1
+        meta = orjson.loads(await r.hget(keys[0], "m"))
+        assert isinstance(meta.pop("ck"), int)
+        await r.hset(keys[0], "m", orjson.dumps(meta))  # as the earlier format had it
+        b = Cache(config(redis_prefix=redis_prefix), redis_url)
+        await b.start()
+        try:
+            assert b.stats()["redis"]["loaded"] == 1
+            assert (await lookup(b, "How can I reverse a list in Python?")).status == "semantic-hit"
+        finally:
+            await b.close()
+    finally:
+        await r.aclose()
+
+
 async def test_redis_killed_and_restarted_mid_run():
     """Requests keep being served while Redis is gone; errors are counted; the mirror resumes and refills Redis."""
     with own_redis_server() as server:
