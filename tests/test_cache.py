@@ -406,3 +406,30 @@ async def test_very_long_prompts_use_the_exact_tier_only():
         assert e.scope is None and e.analysis is None and c.stats()["index"]["vectors"] == 0
     finally:
         await c.close()
+
+
+async def test_verifier_state_is_in_the_stats(tmp_path):
+    """"Verify embedding service" (the spec's troubleshooting): the admin stats say whether the model loaded, and why not."""
+    from gateway.cache.embed import MiniLMVerifier
+    from tests.test_cache_helpers import eventually
+
+    good = Cache(config(), None)
+    await good.start()
+    try:
+        v, _ = await eventually(lambda: good.stats()["verifier"]["ready"] and good.stats()["verifier"], timeout=30)
+        assert v == {"name": "minilm", "ready": True, "graph": "int8", "error": None}
+    finally:
+        await good.close()
+
+    broken = Cache(config(), None)
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    broken._verifier = MiniLMVerifier(model_path=str(tmp_path / "model.onnx"))
+    await broken.start()
+    try:
+        err, _ = await eventually(lambda: broken.stats()["verifier"]["error"], timeout=30)
+        assert broken.stats()["verifier"]["ready"] is False
+        await store(broken, "How do I reverse a list in Python?", "reversed()")
+        assert (await lookup(broken, "How can I reverse a list in Python?")).status == "miss"
+        assert broken.stats()["verify_errors"] >= 1
+    finally:
+        await broken.close()

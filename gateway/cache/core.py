@@ -273,6 +273,7 @@ class Cache:
         self._unanalysed: deque[Entry] = deque()  # entries from Redis whose guard analysis is still to do
         self._backfill_wake: asyncio.Event | None = None
         self._pending_verifications = 0
+        self._verifier_error: str | None = None
         self._stats = _Stats()
         self._queue: asyncio.Queue[_Job] | None = None
         self._backlog: deque[Entry] = deque(maxlen=max(config.backlog, 1))
@@ -301,7 +302,7 @@ class Cache:
         self._backfill_wake = asyncio.Event()
         if self._verifier is not None and not self._verifier.is_async:
             # Load the model now, on the executor: the first lookup need not wait for it.
-            asyncio.get_running_loop().run_in_executor(self._executor, self._verifier.warm)
+            self._tasks.append(asyncio.create_task(self._warm(), name="cache-verifier-warm"))
         if self.redis_url:
             import redis.asyncio as aioredis
 
@@ -319,6 +320,15 @@ class Cache:
         self._tasks.append(asyncio.create_task(self._writer(), name="cache-writer"))
         self._tasks.append(asyncio.create_task(self._sweeper(), name="cache-sweeper"))
         self._tasks.append(asyncio.create_task(self._backfill(), name="cache-backfill"))
+
+    async def _warm(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._verifier.warm)
+            self._verifier_error = None
+        except Exception as exc:  # noqa: BLE001 - degrade to misses, say why
+            self._verifier_error = f"{type(exc).__name__}: {exc}"
+            log.error("cache: the %s verifier did not load (%s); semantic lookups answer miss until it does",
+                      self._verifier.name, self._verifier_error)
 
     async def close(self) -> None:
         self._closing = True
@@ -506,6 +516,7 @@ class Cache:
             return best, sim
         except Exception as exc:  # noqa: BLE001 - a broken verifier must never fail a request
             self._stats.verify_errors += 1
+            self._verifier_error = f"{type(exc).__name__}: {exc}"
             log.warning("cache: semantic verification failed: %s", exc)
             return None, 0.0
         finally:
@@ -754,6 +765,9 @@ class Cache:
             "ttl_seconds": self.config.ttl_seconds,
             "semantic": self.config.semantic,
             "embedder": self.config.embedder if self.config.semantic else None,
+            "verifier": None if self._verifier is None else {
+                "name": self._verifier.name, "ready": self._verifier.ready,
+                "graph": getattr(self._verifier, "graph", None), "error": self._verifier_error},
             "semantic_threshold": self.config.semantic_threshold,
             "candidate_threshold": self.config.candidate_threshold,
             "verifications": s.verifications,

