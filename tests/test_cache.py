@@ -433,3 +433,18 @@ async def test_verifier_state_is_in_the_stats(tmp_path):
         assert broken.stats()["verify_errors"] >= 1
     finally:
         await broken.close()
+
+
+async def test_a_failing_analysis_gives_a_miss_and_keeps_exact_hits(cache, monkeypatch):
+    import gateway.cache.core as core
+
+    await store(cache, "How do I reverse a list in Python?", "reversed()")
+
+    def broken(text):
+        raise RuntimeError("analysis exploded")
+
+    monkeypatch.setattr(core, "analyse", broken)
+    assert (await lookup(cache, "How can I reverse a list in Python?")).status == "miss"
+    await store(cache, "How do I sort a list in Python?", "sorted()")  # stored for the exact tier
+    assert (await lookup(cache, "How do I sort a list in Python?")).status == "hit"
+    assert cache.stats()["verify_errors"] >= 1

@@ -69,7 +69,7 @@ class CacheConfig:
     embedder_timeout_seconds: float = 5.0
     verify_window_tokens: int = 128  # minilm: tokens per window (longer prompts: head + tail windows)
     candidate_threshold: float = 0.4  # hashed-vector cosine for a candidate worth checking (paraphrases the guard lets through: >= 0.45)
-    candidates: int = 4  # top-k candidates taken from the index (each one the guard reads costs 25-220 µs the first time)
+    candidates: int = 4  # top-k taken from the vector index (long prompts; short ones: every entry of the content key)
     narrow_margin: float = 0.1  # extra similarity asked per content word that differs (counted up to 2)
     # Longer last messages: exact tier only. The guard analyses a query on the loop (~0.35 µs a
     # character: ~1.4 ms at 4,000); the spec's longest prompts are ~2,000 characters.
@@ -430,7 +430,12 @@ class Cache:
             self._stats.expirations += 1
         if self._semantic_on and v.scope is not None and v.scope in self._scope_entries \
                 and len(v.query) <= self.config.max_semantic_chars:
-            cands = self._candidates(st, v, now)
+            try:
+                cands = self._candidates(st, v, now)
+            except Exception as exc:  # noqa: BLE001 - a prompt the analysis chokes on is a miss, not an error
+                self._stats.verify_errors += 1
+                log.warning("cache: finding semantic candidates failed: %s", exc)
+                cands = None
             if cands:
                 best, sim = await self._semantic(st, v.query, cands)
                 if best is not None and best.key in self._entries and best.expires > time.time():
@@ -633,11 +638,16 @@ class Cache:
                     e = Entry(v.exact, j.tenant, v.scope if text else None, text, j.raw, now, now + j.ttl, 0)
                     hv = None
                     if text is not None:
-                        # Analysed now, once, so that no lookup has to analyse its candidates.
-                        e.analysis = a = j.analysis or analyse(text)
-                        e.ckey = content_key(v.scope, a)
-                        if is_long(a):
-                            hv = j.hvec if j.hvec is not None else self._hasher.vector(text)
+                        try:
+                            # Analysed now, once, so that no lookup has to analyse its candidates.
+                            e.analysis = a = j.analysis or analyse(text)
+                            e.ckey = content_key(v.scope, a)
+                            if is_long(a):
+                                hv = j.hvec if j.hvec is not None else self._hasher.vector(text)
+                        except Exception as exc:  # noqa: BLE001 - keep the answer for exact hits
+                            log.warning("cache: analysing a stored prompt failed: %s", exc)
+                            e.scope = e.text = e.analysis = e.ckey = None
+                            hv = None
                     self._insert(e, hv)
                     made.append((e, hv))
                     self._stats.stores += 1
