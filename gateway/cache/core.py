@@ -4,10 +4,12 @@ Lookup (on the event loop, no I/O, no locks)::
 
     controls (Cache-Control, x-gateway-cache-*)  -> bypass?
     exact key (blake2b of the normalised request) -> dict          -> hit
-    semantic scope -> shard; hashed vector of the last user message
-      -> top-k candidates (cosine >= candidate_threshold)
+    semantic scope; analysis of the last user message (text.analyse)
+      -> candidates: its content key -> dict (every prompt the guard
+         could pass under 20 content words); long prompts also: hashed
+         vector -> top-k of the scope's vector index (>= candidate_threshold)
       -> lexical guard (numbers, negation, languages, identifiers,
-         direction, swapped slot)                                   (executor)
+         direction, swapped slot, narrower)
       -> verifier cosine >= semantic_threshold (+ margin for a
          narrower question)                                         (executor) -> semantic-hit
     otherwise                                                        -> miss

@@ -1,15 +1,18 @@
-"""The in-memory vector index: one shard per semantic scope.
+"""The in-memory vector index of long prompts: one shard per semantic scope.
 
-A semantic match is only ever looked for inside one scope (same model, same
-parameters, same system prompt and earlier turns), so the index is sharded by
-scope and a search never has to filter. Most scopes are tiny (one
-conversation, one system prompt): they are a numpy matrix searched exactly.
-A scope that grows past ``SMALL`` entries becomes a usearch HNSW index
-(cosine, int8), whose search cost stays flat as it grows.
+Short prompts are found by their content key (``text.content_key``); prompts
+of 20+ content words may differ in a few words and are found here, by their
+hashed vectors. A semantic match is only ever looked for inside one scope
+(same model, same parameters, same system prompt and earlier turns), so the
+index is sharded by scope and a search never has to filter. Most scopes are
+tiny (one conversation, one system prompt): they are a numpy matrix searched
+exactly. A scope that grows past ``SMALL`` entries becomes a usearch HNSW
+index (cosine, int8), whose search cost stays flat as it grows (its recall on
+these sparse vectors does not: see gateway/cache/README.md).
 
-usearch is not safe to use from several threads at once, so every call on a
-live index happens on the event-loop thread; each is tens to a few hundred
-microseconds. Removed entries leave their slots to new ones (usearch reuses
+usearch is not safe to use from several threads at once and holds the GIL,
+so every call on a live index happens on the event-loop thread; each is tens
+to a few hundred microseconds. Removed entries leave their slots to new ones (usearch reuses
 them), but the graph loses quality as it churns, so a shard that has removed
 as many entries as it holds is rebuilt: on the executor, into a new index no
 one else sees, then swapped in with the changes made meanwhile replayed.
