@@ -73,12 +73,13 @@ def test_api_url_with_a_host_name_binds():
 
 def test_port_option_holds_with_the_embedded_simulator(tmp_path):
     # The embedded default reloads its settings once the simulator is up: --port must survive that.
+    import os
     import subprocess
     import sys
     import time
 
     port = free_port()
-    env = {k: v for k, v in __import__("os").environ.items() if not k.endswith("_API_KEY") and k != "API_URL"}
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "API_URL"}
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT)

@@ -216,6 +216,7 @@ class _State:
     view: RequestView | None
     hvec: np.ndarray | None = None
     analysis: tuple | None = None
+    ckey: int | None = None
 
 
 @dataclass
@@ -226,6 +227,7 @@ class _Job:
     raw: bytes
     hvec: np.ndarray | None
     analysis: tuple | None
+    ckey: int | None
 
 
 @dataclass
@@ -462,7 +464,8 @@ class Cache:
         if qa is None:
             qa = st.analysis = analyse(v.query)
         cands: list[tuple[Entry, float | None]] = []
-        labels = self._by_ckey.get(content_key(v.scope, qa))
+        st.ckey = content_key(v.scope, qa)
+        labels = self._by_ckey.get(st.ckey)
         if labels:
             for label in labels:
                 c = self._labels.get(label)
@@ -597,7 +600,7 @@ class Cache:
         except TypeError:
             self._stats.store_skipped += 1
             return
-        job = _Job(v, st.tenant, st.controls.ttl or self.config.ttl_seconds, raw, st.hvec, st.analysis)
+        job = _Job(v, st.tenant, st.controls.ttl or self.config.ttl_seconds, raw, st.hvec, st.analysis, st.ckey)
         if self._queue is None:
             self._queue = asyncio.Queue(self.config.write_queue)
         try:
@@ -643,7 +646,7 @@ class Cache:
                         try:
                             # Analysed now, once, so that no lookup has to analyse its candidates.
                             e.analysis = a = j.analysis or analyse(text)
-                            e.ckey = content_key(v.scope, a)
+                            e.ckey = j.ckey if j.ckey is not None else content_key(v.scope, a)
                             if is_long(a):
                                 hv = j.hvec if j.hvec is not None else self._hasher.vector(text)
                         except Exception as exc:  # noqa: BLE001 - keep the answer for exact hits
