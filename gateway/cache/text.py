@@ -148,16 +148,18 @@ _NUMBER_WORDS = {
 _WORDS = re.compile(r"[a-z0-9]+")
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)*%?")
 _OPS = re.compile(r"(?<=[\s\d(])(?:<=|>=|==|!=|->|=>|\*\*|[-+*/^<>=])(?=[\s\d(])")
-# Identifiers and code: dotted names, snake_case, camelCase, calls, `code`, 'quoted', "quoted".
+# Identifiers and code: dotted names, snake_case, camelCase, calls, `code`, 'quoted', "quoted" (++: see _ARROWS).
 _IDENTS = re.compile(
     r"`[^`]{1,80}`|'[^'\s][^']{0,60}'|\"[^\"]{1,60}\""
-    r"|\b\w++(?:[._]\w++)+|\b\w++\(\)|\b[a-z]++[A-Z]\w*+|\b[A-Z]{2,}+[a-z]\w*+"
+    r"|\b\w++(?:(?:[._]\w++)+|\(\))|\b[a-z]++[A-Z]\w*+|\b[A-Z]{2,}+[a-z]\w*+"
 )
 # Language names the word regex would cut up (c++ -> c).
 _SPECIAL_LANGS = re.compile(r"(?<![\w.])(c\+\+|c#|f#|\.net|node\.js|objective-c)(?![\w])")
 _APOS = re.compile(r"(\w)['’](\w)")
 # "<word> to|from|into ... [the|a|an] <word>": the pairs a direction word orders.
-_ARROWS = re.compile(r"\b(\w+)\s+(?:to|from|into|onto|than|before|after|over|under)\s+(?=(?:the\s+|a\s+|an\s+)?(\w+))")
+# Possessive (++): a word or a space run is never worth giving back, and these two patterns are most of
+# an analysis' time (same matches on 25,000 prompts of the spec mix, ~20 % less time).
+_ARROWS = re.compile(r"\b(\w++)\s++(?:to|from|into|onto|than|before|after|over|under)\s++(?=(?:the\s+|a\s+|an\s+)?(\w+))")
 
 
 def _stem(word: str) -> str:
