@@ -448,3 +448,17 @@ async def test_a_failing_analysis_gives_a_miss_and_keeps_exact_hits(cache, monke
     await store(cache, "How do I sort a list in Python?", "sorted()")  # stored for the exact tier
     assert (await lookup(cache, "How do I sort a list in Python?")).status == "hit"
     assert cache.stats()["verify_errors"] >= 1
+
+
+async def test_a_crowded_content_key_keeps_only_its_newest_entries(cache):
+    """Prompts with no content words share one key: a lookup checks a bounded number of them."""
+    from gateway.cache.core import KEY_CANDIDATES
+
+    greetings = [("hi " * n).strip() + "!" for n in range(1, 41)]
+    for g in greetings:
+        await store(cache, g, "Hello!", headers={"cache-control": "no-cache"})
+    assert cache.stats()["entries"] == 40 and cache.stats()["index"]["content_keys"] == 1
+    assert len(next(iter(cache._by_ckey.values()))) == KEY_CANDIDATES
+    newest = {cache._entries[k].label for k in list(cache._entries)[-KEY_CANDIDATES:]}
+    assert set(next(iter(cache._by_ckey.values()))) == newest
+    assert (await lookup(cache, greetings[0])).status == "hit"  # the oldest is still an exact hit

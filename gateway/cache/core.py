@@ -51,6 +51,10 @@ from gateway.errors import GatewayError
 log = logging.getLogger("gateway.cache")
 
 EMBEDDERS = ("minilm", "hash", "openai")
+# Entries kept findable under one content key (the newest): prompts that share a key are phrasings of
+# one request, and a key that many prompts share ("hi", "hi!", "hello there": no content words) must
+# not make a lookup check them all.
+KEY_CANDIDATES = 8
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 DEFAULT_TENANT = "default"
 
@@ -680,7 +684,7 @@ class Cache:
         self._labels[e.label] = e
         if e.scope is not None and e.ckey is not None:
             labels = self._by_ckey.get(e.ckey)
-            self._by_ckey[e.ckey] = (e.label,) if labels is None else labels + (e.label,)
+            self._by_ckey[e.ckey] = (e.label,) if labels is None else labels[1 - KEY_CANDIDATES:] + (e.label,)
             self._scope_entries[e.scope] = self._scope_entries.get(e.scope, 0) + 1
             if hv is not None:
                 self._index.add(e.scope, e.label, hv)
