@@ -312,38 +312,34 @@ async def test_a_failing_verifier_gives_a_miss_not_an_error(cache):
     assert cache.stats()["verify_errors"] == 1
 
 
-async def test_provider_embedder(port):
-    """embedder = openai: vectors from an OpenAI-compatible /v1/embeddings endpoint (a local stand-in)."""
-    from aiohttp import web
+async def test_provider_embedder():
+    """embedder = openai: vectors from an OpenAI-compatible /v1/embeddings endpoint (the project's simulator)."""
+    from gateway.simulator.process import SimulatorProcess
 
-    hasher = HashEmbedder()
-    calls = []
-
-    async def embeddings(request):
-        body = await request.json()
-        calls.append(body)
-        assert request.headers["authorization"] == "Bearer sk-test"
-        data = [{"object": "embedding", "index": i, "embedding": hasher.vector(t).tolist()}
-                for i, t in enumerate(body["input"])]
-        return web.json_response({"object": "list", "data": data, "model": body["model"]})
-
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", embeddings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    c = Cache(config(embedder="openai", embedder_url=f"http://127.0.0.1:{port}/v1", embedder_key="sk-test",
-                     embedder_model="emb-1"), None)
-    await c.start()
-    try:
-        await store(c, "How do I reverse a list in Python?", "reversed()")
-        r = await lookup(c, "How can I reverse a list in Python?")
-        assert r.status == "semantic-hit" and r.similarity >= 0.85
-        assert calls and calls[0]["model"] == "emb-1"
-        assert (await lookup(c, "How do I sort a list in Python?")).status == "miss"
-    finally:
-        await c.close()
-        await runner.cleanup()
+    with SimulatorProcess() as sim:
+        c = Cache(config(embedder="openai", embedder_url=sim.base_url + "/v1", embedder_key="sk-test",
+                         embedder_model="text-embedding-3-small"), None)
+        await c.start()
+        try:
+            await store(c, "How do I reverse a list in Python?", "reversed()")
+            assert sim.stats()["providers"]["openai"]["requests"] == 0  # a miss with no candidate: no call
+            r = await lookup(c, "How can I reverse a list in Python?")
+            assert r.status == "semantic-hit" and r.similarity >= 0.85
+            assert sim.stats()["providers"]["openai"]["status"] == {"200": 1}  # one call: query + candidate
+            assert (await lookup(c, "How do I sort a list in Python?")).status == "miss"
+            assert c.stats()["verifications"] == 1  # the near miss never reached the provider
+        finally:
+            await c.close()
+        # The provider failing is a miss, not an error.
+        c = Cache(config(embedder="openai", embedder_url=sim.base_url + "/v1", embedder_key="sk-test"), None)
+        await c.start()
+        try:
+            await store(c, "How do I reverse a list in Python?", "reversed()")
+            sim.configure(provider="openai", mode="error")
+            assert (await lookup(c, "How can I reverse a list in Python?")).status == "miss"
+            assert c.stats()["verify_errors"] == 1
+        finally:
+            await c.close()
 
 
 def test_config_from_mapping():
