@@ -137,6 +137,11 @@ def rotation_script(path: Path, items: list[tuple[bytes, dict[str, str]]]) -> Pa
     return path
 
 
+def worker_max(g: gb.GatewayProcess, field: str) -> int:
+    """The largest /proc/<pid>/status ``field`` (kB) among a gateway's workers (0 if none)."""
+    return max((gb.proc_status(p).get(field, 0) for p in g.worker_pids()), default=0)
+
+
 def unique_script(path: Path, run_id: str) -> Path:
     """A prompt never sent before on every request: ``run_id`` is new for every run (row, round and a
     random part), so runs and rounds do not share prompts (wrk seeds Lua's generator identically)."""
@@ -437,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         ft = first_time_pass(on, off, pairs, namespaces)
         gb.log(f"paraphrases: {ft['paraphrase_x_cache']}, verifications {ft['verifications']}, errors {ft['errors']}")
         # Idle, after the first-time pass: the model is loaded and the entries are in.
-        rss_idle = {k: max(gb.proc_status(p).get("VmRSS", 0) for p in g.worker_pids()) for k, g in gws.items()}
+        rss_idle = {k: worker_max(g, "VmRSS") for k, g in gws.items()}
         if not ft["alias_items"]:
             raise RuntimeError("no paraphrase was a semantic hit: nothing to rotate through")
 
@@ -516,9 +521,8 @@ def main(argv: list[str] | None = None) -> int:
             script = make(tag)
 
             def sample() -> None:
-                vals = [gb.proc_status(p).get("VmRSS", 0) for p in gws[which].worker_pids()]
-                if vals:
-                    rss[which].append(max(vals))
+                if gws[which].worker_pids():
+                    rss[which].append(worker_max(gws[which], "VmRSS"))
 
             ac = admin.get(which)
             before = ac.get("/admin/cache", ADMIN_KEY) if ac else None
@@ -546,8 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         end_stats = c.get("/admin/cache", ADMIN_KEY)
         c.close()
         c_exact.close()
-        rss_end = {k: max(gb.proc_status(p).get("VmRSS", 0) for p in g.worker_pids()) for k, g in gws.items()}
-        hwm = {k: max(gb.proc_status(p).get("VmHWM", 0) for p in g.worker_pids()) for k, g in gws.items()}
+        rss_end = {k: worker_max(g, "VmRSS") for k, g in gws.items()}
+        hwm = {k: worker_max(g, "VmHWM") for k, g in gws.items()}
     finally:
         for s in (on, exact_gw, off):
             if s is not None:
