@@ -131,7 +131,7 @@ def serve(args: argparse.Namespace) -> None:
         settings.host, settings.port, workers, "s" if workers > 1 else "", len(keys), "s" if len(keys) > 1 else "",
     )
     server = Granian(
-        "gateway.app:create_app",
+        "gateway.http.asgi:create_app",
         factory=True,
         address=bind_address(settings.host),
         port=settings.port,

@@ -7,12 +7,14 @@ offending parameter instead of a provider error or a 500.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from gateway.auth import ApiKey
 from gateway.errors import invalid
+from gateway.pipeline.outcome import Outcome
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -28,9 +30,15 @@ class ChatRequest:
     headers: dict[str, str]  # lower-cased names; controls such as Cache-Control
     started: float  # time.perf_counter() when the request arrived
     deadline: float  # event-loop time by which the answer must be complete
-    # Filled in as the request moves on; read by headers, usage and metrics.
-    upstream_seconds: float = 0.0
-    meta: dict = field(default_factory=dict)
+    group: Any = None  # the resolved model group (config.ModelGroup), bound to the snapshot admitted under
+    outcome: Outcome = None  # type: ignore[assignment]  # what happened, filled in by every stage
+    default_timeout: float = 30.0  # REQUEST_TIMEOUT_SECONDS of the snapshot admitted under (set by admission)
+    cache_controls: Any = None  # the cache headers, validated at admission (None: no cache)
+    cache_state: Any = None  # what the cache's lookup learnt, for its store
+
+    def __post_init__(self) -> None:
+        if self.outcome is None:
+            self.outcome = Outcome(self.request_id, self.started)
 
 
 def parse_json(raw: bytes) -> dict:

@@ -46,7 +46,7 @@ import asyncio
 import math
 import random
 import re
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from gateway import upstream
 from gateway.breaker import CLOSED, OPEN, Health, health_key
@@ -55,7 +55,11 @@ from gateway.errors import GatewayError
 from gateway.hedge import LatencyWindow, RatioBudget, backoff
 from gateway.providers.base import Deployment
 from gateway.request import ChatRequest
+from gateway.snapshot import Snapshot
 from gateway.transport import Transport, make_transport
+
+if TYPE_CHECKING:
+    from gateway.pipeline.outcome import Outcome
 
 # Model name → provider when no group or alias names it (OpenAI's o-series: o1, o3, o4-mini...).
 _PREFIX = re.compile(r"^(?:(gpt-|chatgpt-|o\d)|(claude-)|(gemini-))")
@@ -222,18 +226,6 @@ class Plan:
         return fixed if fixed is not None else self.latency.p95
 
 
-class _State:
-    __slots__ = ("settings", "groups", "aliases", "implicit", "fallback")
-
-    def __init__(self, settings: Settings, groups: dict[str, ModelGroup]) -> None:
-        self.settings = settings
-        self.groups = groups
-        self.aliases = dict(settings.aliases)
-        self.implicit: dict[str, ModelGroup] = {}
-        f = settings.implicit_fallback
-        self.fallback = settings.simulated if f is None else f
-
-
 class Router:
     def __init__(self, settings: Settings) -> None:
         self.transports: dict[tuple[str, str], Transport] = {}
@@ -244,21 +236,12 @@ class Router:
         # Groups with hang detection, checked by a timer too, so a hang is found without new traffic.
         self._stall_plans: dict[int, Plan] = {}
         self._watchdog: asyncio.TimerHandle | None = None
-        self.default_timeout = settings.request_timeout_seconds
-        self._state = self._build(settings)
-        self.settings = settings
+        # The configuration requests are admitted under; replaced whole by ``reload``.
+        self.state = self._build(settings)
 
     # --- state and reload -----------------------------------------------------------------
 
-    @property
-    def groups(self) -> dict[str, ModelGroup]:
-        return self._state.groups
-
-    @property
-    def aliases(self) -> dict[str, str]:
-        return self._state.aliases
-
-    def _build(self, settings: Settings) -> _State:
+    def _build(self, settings: Settings) -> Snapshot:
         for name, p in settings.providers.items():
             if p.api_key:
                 self._transport(name, p.transport)
@@ -266,7 +249,7 @@ class Router:
         for name, g in settings.models.items():
             # A fresh ModelGroup: the one in ``settings`` may be shared with an older state.
             groups[name] = self._bind(ModelGroup(g.name, list(g.deployments), g.strategy, dict(g.options), g.policy))
-        return _State(settings, groups)
+        return Snapshot(settings, groups)
 
     def _bind(self, group: ModelGroup, register: bool = True) -> ModelGroup:
         health = []
@@ -302,9 +285,7 @@ class Router:
         for key, h in old_health.items():
             if key not in self._health and (key[1], key[2], key[4]) in providers:
                 self._health[key] = h
-        self.settings = settings
-        self.default_timeout = settings.request_timeout_seconds
-        self._state = state
+        self.state = state
 
     def _transport(self, provider: str, kind: str) -> Transport:
         key = (provider, kind)
@@ -333,8 +314,9 @@ class Router:
 
     # --- resolution --------------------------------------------------------------
 
-    def resolve(self, model: str) -> ModelGroup:
-        st = self._state
+    def resolve(self, model: str, st: Snapshot | None = None) -> ModelGroup:
+        """The group serving ``model`` under snapshot ``st`` (default: the current one), or a 404."""
+        st = st or self.state
         group = st.groups.get(model) or st.implicit.get(model)
         if group is not None:
             return group
@@ -346,7 +328,7 @@ class Router:
             st.implicit[model] = group
         return group
 
-    def _implicit_group(self, st: _State, model: str) -> ModelGroup:
+    def _implicit_group(self, st: Snapshot, model: str) -> ModelGroup:
         """A model no group names: its provider's deployment; with fallback on, the other providers' like-for-like model after it."""
         provider = provider_for(model)
         if provider is None:
@@ -378,7 +360,7 @@ class Router:
         return self._bind(group, register=len(st.implicit) < _MAX_IMPLICIT)  # uncached ones are one-offs
 
     def model_names(self) -> list[str]:
-        st = self._state
+        st = self.state
         names = dict.fromkeys(st.groups)
         names.update(dict.fromkeys(st.aliases))
         for provider in st.settings.configured_providers:
@@ -388,7 +370,7 @@ class Router:
     # --- introspection -----------------------------------------------------------------
 
     def _plans(self) -> list[Plan]:
-        st = self._state
+        st = self.state
         seen: dict[int, Plan] = {}
         for g in (*st.groups.values(), *st.implicit.values()):
             if g.plan is not None:
@@ -492,7 +474,7 @@ class Router:
         i = plan.choose(now)
         if i is None:
             raise plan.unavailable(now)
-        meta = req.meta
+        out = req.outcome
         names = plan.deployments
         attempts = 0
         repeats = 0
@@ -502,10 +484,11 @@ class Router:
         while True:
             remaining = req.deadline - now
             if remaining <= 0:
-                raise self._give_up(meta, attempts, last or _deadline_error())
+                raise self._give_up(out, attempts, last or _deadline_error())
             cap = plan.caps[i]
             timeout = remaining if cap is None or cap > remaining else cap
-            judged = timeout >= 0.5 * (cap if cap is not None and cap < self.default_timeout else self.default_timeout)
+            default = req.default_timeout
+            judged = timeout >= 0.5 * (cap if cap is not None and cap < default else default)
             if plan.hedging and plan.n - len(tried) > 1:
                 result, winner, used, errors = await self._hedged(req, plan, i, timeout, stream, judged, tried)
                 attempts += len(used)
@@ -515,14 +498,14 @@ class Router:
                 if winner is not None:
                     if winner != i and not errors:
                         failures.append(f"{names[i].name} (slow: hedged)")
-                    return self._done(meta, names[winner], attempts, failures, result)
+                    return self._done(out, names[winner], attempts, failures, result)
                 for k in used:
                     if k not in tried:
                         tried.append(k)
                 err = errors[0][1]
                 fatal = next((e for _, e in errors if not classify(e)[0]), None)
                 if fatal is not None:
-                    raise self._give_up(meta, attempts, fatal)
+                    raise self._give_up(out, attempts, fatal)
             else:
                 attempts += 1
                 try:
@@ -530,7 +513,7 @@ class Router:
                 except GatewayError as exc:
                     err = exc
                 else:
-                    return self._done(meta, names[i], attempts, failures, result)
+                    return self._done(out, names[i], attempts, failures, result)
                 now = loop.time()
                 if i not in tried:
                     tried.append(i)
@@ -543,13 +526,13 @@ class Router:
                             last = last or err
                             i = nxt
                             continue
-                        raise self._give_up(meta, attempts, last if last is not None and last.status >= 500 else err)
-                    raise self._give_up(meta, attempts, err)
+                        raise self._give_up(out, attempts, last if last is not None and last.status >= 500 else err)
+                    raise self._give_up(out, attempts, err)
                 failures.append(f"{names[i].name} ({err.code or err.upstream_status})")
             now = loop.time()
             last = err
             if attempts > policy.retries:
-                raise self._give_up(meta, attempts, err)
+                raise self._give_up(out, attempts, err)
             nxt = plan.choose(now, tried)
             if nxt is None:
                 # Every available deployment was tried: re-try one after a backoff, within the retry budget.
@@ -558,13 +541,13 @@ class Router:
                 if nxt is None:
                     nxt, wait_until = _soonest_cooling(plan, now)
                     if nxt is None:
-                        raise self._give_up(meta, attempts, err)
+                        raise self._give_up(out, attempts, err)
                 if not plan.retry_budget.spend():
-                    raise self._give_up(meta, attempts, err)
+                    raise self._give_up(out, attempts, err)
                 repeats += 1
                 wait_until = max(wait_until, now + backoff(policy.backoff_base, policy.backoff_max, repeats))
                 if wait_until >= req.deadline:
-                    raise self._give_up(meta, attempts, err)
+                    raise self._give_up(out, attempts, err)
                 if wait_until > now:
                     await asyncio.sleep(wait_until - now)
                     now = loop.time()
@@ -591,6 +574,7 @@ class Router:
                         left = req.deadline - now
                         t2 = left if cap is None or cap > left else cap
                         tasks[loop.create_task(self._attempt(req, plan, j, t2, stream, judged))] = j
+                        req.outcome.hedged = True
             pending = set(tasks)
             errors: list[tuple[int, GatewayError]] = []
             while pending:
@@ -617,15 +601,17 @@ class Router:
                 elif stream and not t.cancelled() and t.exception() is None:
                     await _close_stream(t.result())  # a stream that opened too, but lost
 
-    def _done(self, meta: dict, d: Deployment, attempts: int, failures: list[str] | None, result):
-        meta["deployment"] = d
-        meta["attempts"] = attempts
+    @staticmethod
+    def _done(out: Outcome, d: Deployment, attempts: int, failures: list[str] | None, result):
+        out.deployment = d
+        out.attempts = attempts
         if failures:
-            meta["failover"] = ", ".join(failures)
+            out.failover = ", ".join(failures)
         return result
 
-    def _give_up(self, meta: dict, attempts: int, err: GatewayError) -> GatewayError:
-        meta["attempts"] = max(attempts, 1)
+    @staticmethod
+    def _give_up(out: Outcome, attempts: int, err: GatewayError) -> GatewayError:
+        out.attempts = max(attempts, 1)
         if err.retry_after and not err.headers:
             err.headers = {"Retry-After": str(max(1, math.ceil(err.retry_after)))}
         return err

@@ -2,7 +2,7 @@
 
 The router decides where and how often to try; this module only turns an
 OpenAI request into one provider call and its answer back into OpenAI shape.
-Time spent waiting on the provider is added to ``req.upstream_seconds`` so the
+Time spent waiting on the provider is added to ``req.outcome.upstream_seconds`` so the
 gateway can report its own overhead.
 """
 
@@ -33,7 +33,7 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
     try:
         status, data, retry_after = await transport.send(upstream, timeout)
     finally:
-        req.upstream_seconds += perf_counter() - t0
+        req.outcome.upstream_seconds += perf_counter() - t0
     if status >= 400:
         raise _upstream_error(adapter, status, data, retry_after)
     return adapter.parse_response(data, deployment)
@@ -85,5 +85,5 @@ async def open_stream(req: ChatRequest, deployment: Deployment, transport: Trans
             await resp.close()
             raise _upstream_error(adapter, resp.status, data, resp.retry_after)
     finally:
-        req.upstream_seconds += perf_counter() - t0
+        req.outcome.upstream_seconds += perf_counter() - t0
     return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment))

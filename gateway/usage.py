@@ -1,8 +1,7 @@
-"""Per-key token usage, counted in process.
+"""Per-key token usage, counted in process: a finish listener.
 
-A dict update per answer: cheap enough for the hot path and lock-free (one
-event loop per worker). Each worker counts its own traffic; metrics export
-these counters so Prometheus sums across workers.
+A dict update per answer: cheap and lock-free (one event loop per worker).
+Each worker counts its own traffic.
 """
 
 from __future__ import annotations
@@ -22,16 +21,19 @@ class Usage:
     def __init__(self) -> None:
         self.by_key: dict[tuple[str, str], Counter] = {}
 
-    def record(self, key_name: str, model: str, usage: dict | None, cached: bool = False) -> None:
-        c = self.by_key.get((key_name, model))
+    def on_finish(self, req, outcome) -> None:
+        """Count every answer the client got: from a provider (a cut stream too) or from the cache."""
+        if req is None or outcome.status != 200:
+            return
+        c = self.by_key.get((outcome.key_name, outcome.model))
         if c is None:
-            c = self.by_key[(key_name, model)] = Counter()
+            c = self.by_key[(outcome.key_name, outcome.model)] = Counter()
         c.requests += 1
-        if cached:
+        if outcome.from_cache:
             c.cached += 1
-        elif usage:
-            c.prompt_tokens += usage.get("prompt_tokens") or 0
-            c.completion_tokens += usage.get("completion_tokens") or 0
+        else:
+            c.prompt_tokens += outcome.prompt_tokens
+            c.completion_tokens += outcome.completion_tokens
 
     def report(self, key_name: str | None = None) -> list[dict]:
         return [

@@ -260,7 +260,7 @@ async def test_a_miss_does_not_analyse_its_candidates(cache, monkeypatch):
     calls.clear()
     cache.store(req, completion("99"))
     await cache.drain()
-    assert calls == [] and cache._entries[req.meta["cache"].view.exact].analysis is not None
+    assert calls == [] and cache._entries[req.cache_state.view.exact].analysis is not None
 
 
 async def test_entry_memory_is_small():

@@ -277,8 +277,8 @@ async def test_fails_over_on_5xx_and_names_it(tmp_path):
     req = request()
     out = await router.complete(req, group)
     assert out["object"] == "chat.completion"
-    assert req.meta["deployment"].name == "d1" and req.meta["attempts"] == 2
-    assert req.meta["failover"] == "d0 (upstream_error)"
+    assert req.outcome.deployment.name == "d1" and req.outcome.attempts == 2
+    assert req.outcome.failover == "d0 (upstream_error)"
 
 
 async def test_client_4xx_is_returned_without_retry(tmp_path):
@@ -287,7 +287,7 @@ async def test_client_4xx_is_returned_without_retry(tmp_path):
     req = request()
     with pytest.raises(GatewayError) as exc:
         await router.complete(req, group)
-    assert exc.value.status == 400 and req.meta["attempts"] == 1 and b.calls == 0
+    assert exc.value.status == 400 and req.outcome.attempts == 1 and b.calls == 0
     assert group.plan.health[0].consecutive == 0  # not the deployment's fault
 
 
@@ -297,7 +297,7 @@ async def test_429_retry_after_fails_over_and_keeps_the_deployment_away(tmp_path
     await router.complete(request(), group)
     req = request()
     await router.complete(req, group)
-    assert a.calls == 1 and req.meta["attempts"] == 1 and req.meta["deployment"].name == "d1"
+    assert a.calls == 1 and req.outcome.attempts == 1 and req.outcome.deployment.name == "d1"
 
 
 async def test_single_deployment_retries_with_backoff_within_the_budget(tmp_path):
@@ -306,7 +306,7 @@ async def test_single_deployment_retries_with_backoff_within_the_budget(tmp_path
     group.plan.retry_budget.tokens = 5
     req = request()
     await router.complete(req, group)
-    assert a.calls == 3 and req.meta["attempts"] == 3
+    assert a.calls == 3 and req.outcome.attempts == 3
     # With the budget spent, a failure is returned at once.
     b = FakeTransport(unreachable("http://h0", "refused"))
     router, group = router_with(tmp_path, [b], retries=3, retry_budget=0.0)
@@ -346,8 +346,8 @@ async def test_hedge_wins_over_a_slow_first_attempt_and_cancels_it(tmp_path):
     t0 = loop.time()
     await router.complete(req, group)
     assert loop.time() - t0 < 0.5
-    assert req.meta["deployment"].name == "d1" and req.meta["attempts"] == 2
-    assert req.meta["failover"] == "d0 (slow: hedged)"
+    assert req.outcome.deployment.name == "d1" and req.outcome.attempts == 2
+    assert req.outcome.failover == "d0 (slow: hedged)"
     await asyncio.sleep(0.01)
     assert slow.cancelled == 1 and group.plan.health[0].inflight == 0
 
@@ -358,7 +358,7 @@ async def test_no_hedge_without_budget(tmp_path):
                                 hedge_max_fraction=0.0)
     req = request()
     await router.complete(req, group)
-    assert req.meta["deployment"].name == "d0" and fast.calls == 0
+    assert req.outcome.deployment.name == "d0" and fast.calls == 0
 
 
 async def test_a_hung_deployment_is_abandoned_and_its_requests_fail_over(tmp_path):
@@ -379,7 +379,7 @@ async def test_a_hung_deployment_is_abandoned_and_its_requests_fail_over(tmp_pat
             pass
     await waiting
     assert loop.time() - t0 < 1.0  # not the 10 s attempt time-out
-    assert stuck.meta["deployment"].name == "d1" and "d0 (upstream_stalled)" in stuck.meta["failover"]
+    assert stuck.outcome.deployment.name == "d1" and "d0 (upstream_stalled)" in stuck.outcome.failover
     assert group.plan.health[0].state == OPEN and group.plan.health[0].open_reason.startswith("hung")
 
 
@@ -438,7 +438,7 @@ async def test_a_stream_is_hedged_on_its_first_byte_and_the_loser_is_cancelled(t
     async for batch in rest:
         texts += [c["choices"][0]["delta"].get("content") for c in batch if c["choices"]]
     assert "fast" in texts and "slow" not in texts
-    assert req.meta["deployment"].name == "d1" and req.meta["attempts"] == 2
+    assert req.outcome.deployment.name == "d1" and req.outcome.attempts == 2
     await asyncio.sleep(0.01)
     assert slow.cancelled == 1 and not slow.opened
 
@@ -457,5 +457,5 @@ async def test_a_stream_fails_over_before_its_first_byte(tmp_path):
     req.stream = True
     first, rest, s = await router.stream(req, group)
     await rest.aclose()
-    assert req.meta["attempts"] == 2 and req.meta["failover"] == "d0 (upstream_unreachable)"
+    assert req.outcome.attempts == 2 and req.outcome.failover == "d0 (upstream_unreachable)"
     assert good.opened[0].closed

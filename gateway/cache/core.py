@@ -372,7 +372,7 @@ class Cache:
 
     # ------------------------------------------------------------------ controls
 
-    def _controls(self, headers: dict[str, str]) -> _Controls:
+    def parse_controls(self, headers: dict[str, str]) -> _Controls:
         no_cache = no_store = False
         cc = headers.get("cache-control")
         if cc:
@@ -403,9 +403,9 @@ class Cache:
         return _Controls(no_cache, no_store, ttl, tenant)
 
     def _state(self, req) -> _State:
-        st = req.meta.get("cache")
+        st = req.cache_state
         if st is None:
-            ctl = self._controls(req.headers)
+            ctl = req.cache_controls or self.parse_controls(req.headers)
             tenant = ctl.tenant
             if self.config.scope_by_key and req.key is not None:
                 tenant = f"{re.sub(r'[^A-Za-z0-9._-]', '_', req.key.name)}/{tenant}"
@@ -414,12 +414,12 @@ class Cache:
                 v = view(req.body, tenant, max_temperature=self.config.max_temperature,
                          cache_tool_calls=self.config.cache_tool_calls,
                          cache_multiple_choices=self.config.cache_multiple_choices)
-            st = req.meta["cache"] = _State(ctl, tenant, v)
+            st = req.cache_state = _State(ctl, tenant, v)
         return st
 
     # ------------------------------------------------------------------ lookup
 
-    async def lookup(self, req) -> CacheResult:
+    async def lookup(self, req, controls=None) -> CacheResult:
         if not self.config.enabled:
             return _BYPASS
         st = self._state(req)

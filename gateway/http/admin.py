@@ -1,0 +1,172 @@
+"""Everything but chat: models, health, readiness, usage, providers and the admin endpoints.
+
+A plain Starlette app: these routes are not the hot path. Errors render in
+OpenAI's shape through ``GatewayError``; ``x-request-id`` and the overhead
+header are added by the ASGI dispatcher from the request's ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import reload as reloading
+from gateway.auth import ApiKey, authenticate, require_admin
+from gateway.config import ConfigError
+from gateway.errors import GatewayError
+from gateway.http.relay import INTERNAL
+
+log = logging.getLogger("gateway")
+
+ROUTES = (
+    "/health", "/ready", "/v1/models", "/v1/models/{model}", "/v1/usage", "/v1/providers",
+    "/admin/reload", "/admin/cache", "/admin/cache/flush",
+)
+
+
+def route_template(path: str) -> str:
+    """The route a path matches, as a bounded label (never the raw path)."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    return "unmatched"
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def error_response(err: GatewayError) -> Response:
+    return Response(err.body(), err.status, headers=err.headers, media_type="application/json")
+
+
+def build(gateway) -> Starlette:
+    """The Starlette app for ``gateway`` (an ``http.asgi.Gateway``); reads its current snapshot per request."""
+
+    def key_of(request: Request) -> ApiKey:
+        return authenticate(gateway.snapshot.keys, request.headers.get("authorization"))
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        settings = gateway.snapshot.settings
+        providers = {name: bool(p.api_key) for name, p in settings.providers.items()}
+        ok = any(providers.values()) or bool(settings.models)
+        redis = "not_configured"
+        cache = gateway.cache
+        if settings.redis_url:
+            redis = "up" if cache is not None and cache.stats()["redis"]["up"] else "down"
+        body = {
+            # Redis down is "degraded", still 200: the cache falls back to this worker's memory,
+            # and taking every instance out of a load balancer over it would turn a slower
+            # cache into an outage.
+            "status": ("degraded" if redis == "down" else "ready") if ok else "not_ready",
+            "redis": redis,
+            "providers": {name: ("configured" if v else "not_configured") for name, v in providers.items()},
+            "simulated": settings.simulated,
+            # This worker's circuit breakers (closed | open | half_open); open ones do not make it unready:
+            # with a whole group open the gateway still answers at once (503 + Retry-After).
+            "breakers": gateway.router.breaker_states(),
+        }
+        return json_response(body, 200 if ok else 503)
+
+    async def providers_report(request: Request) -> Response:
+        """Deployment health as this worker sees it: breaker state, EWMA latency, recent error rate."""
+        key_of(request)
+        return json_response({"object": "list", "worker": os.getpid(), "data": gateway.router.snapshot()})
+
+    async def admin_reload(request: Request) -> Response:
+        require_admin(key_of(request))
+        try:
+            settings = gateway.reload_config()
+        except ConfigError as exc:
+            raise GatewayError(400, f"Config not reloaded: {exc}", code="invalid_config") from None
+        # Other Granian workers reload on SIGHUP (gateway/reload.py); ?scope=worker reloads this one only.
+        signalled = 0 if request.query_params.get("scope") == "worker" else reloading.signal_siblings()
+        return json_response(
+            {"status": "reloaded", "worker": os.getpid(), "workers_signalled": signalled, "models": sorted(settings.models)}
+        )
+
+    async def admin_cache_stats(request: Request) -> Response:
+        require_admin(key_of(request))
+        if gateway.cache is None:
+            return json_response({"enabled": False, "worker": os.getpid()})
+        return json_response({"enabled": True, "worker": os.getpid(), **gateway.cache.stats()})
+
+    async def admin_cache_flush(request: Request) -> Response:
+        """Drop a namespace (``{"namespace": "x"}``) or everything (``{}``), here, in Redis and in every worker."""
+        require_admin(key_of(request))
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            raise GatewayError(400, "Body must be JSON: {\"namespace\": \"name\"} or {}.", code="invalid_json") from None
+        namespace = body.get("namespace") if isinstance(body, dict) else None
+        if namespace is not None and not isinstance(namespace, str):
+            raise GatewayError(400, "'namespace' must be a string or null.", param="namespace")
+        cache = gateway.cache
+        try:
+            removed = await cache.flush(namespace) if cache is not None else 0
+        except ValueError as exc:
+            raise GatewayError(400, f"Cannot flush: {exc}.", param="namespace", code="invalid_cache_namespace") from None
+        return json_response({"flushed": namespace or "*", "removed": removed, "worker": os.getpid()})
+
+    async def models(request: Request) -> Response:
+        key_of(request)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "gateway"} for m in gateway.router.model_names()]
+        return json_response({"object": "list", "data": data})
+
+    async def model(request: Request) -> Response:
+        key_of(request)
+        name = request.path_params["model"]
+        group = gateway.router.resolve(name)
+        return json_response({"id": name, "object": "model", "created": 0, "owned_by": group.deployments[0].provider})
+
+    async def usage_report(request: Request) -> Response:
+        key = key_of(request)
+        if request.query_params.get("all") in ("1", "true"):
+            require_admin(key)
+            return json_response({"object": "list", "data": gateway.usage.report()})
+        return json_response({"object": "list", "data": gateway.usage.report(key.name)})
+
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            err = GatewayError(404, f"Unknown endpoint: {request.method} {request.url.path}", code="not_found")
+        elif exc.status_code == 405:
+            err = GatewayError(405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")
+        else:
+            err = GatewayError(exc.status_code, str(exc.detail), code=None)
+        return error_response(err)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected failure on %s %s", request.method, request.url.path)
+        return error_response(INTERNAL)
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/v1/models", models),
+            Route("/v1/models/{model:path}", model),
+            Route("/v1/usage", usage_report),
+            Route("/v1/providers", providers_report),
+            Route("/admin/reload", admin_reload, methods=["POST"]),
+            Route("/admin/cache", admin_cache_stats),
+            Route("/admin/cache/flush", admin_cache_flush, methods=["POST"]),
+        ],
+        exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: unexpected},
+        lifespan=gateway.lifespan,
+    )

@@ -1,0 +1,131 @@
+"""``POST /v1/chat/completions`` over HTTP: REST answers and SSE streams.
+
+Only framing lives here (ASGI messages, SSE encoding); admission, the
+pipeline, keepalives, disconnects and the finish hook are the relay's.
+"""
+
+from __future__ import annotations
+
+import os
+from time import perf_counter
+
+import orjson
+
+from gateway.errors import GatewayError
+from gateway.http import headers
+from gateway.http.relay import ClientGone, Relay, Watch
+from gateway.pipeline.admission import Inbound, too_large
+from gateway.pipeline.outcome import Outcome
+from gateway.sse import DONE, PING
+
+ROUTE = "/v1/chat/completions"
+PATHS = frozenset({ROUTE, "/chat/completions"})
+
+
+def scope_headers(scope: dict) -> dict[str, str]:
+    """ASGI headers as a dict of str (names are already lower-case in ASGI)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def request_id(given: str | None) -> str:
+    # Echo a client's id only when it is safe to put back in a header.
+    if given and len(given) <= 200 and given.isprintable():
+        return given
+    return "req_" + os.urandom(12).hex()
+
+
+class HTTPSurface:
+    """REST and SSE framing of the relay's output as ASGI messages."""
+
+    __slots__ = ("send", "outcome", "started")
+
+    def __init__(self, send, outcome: Outcome) -> None:
+        self.send = send
+        self.outcome = outcome
+        self.started = False
+
+    async def answer(self, completion: dict) -> None:
+        body = orjson.dumps(completion)
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers.build(self.outcome, headers.JSON)})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def open(self) -> None:
+        # Built when sent, not before: the headers carry what is known by then (x-cache always).
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers.build(self.outcome, *headers.SSE)})
+
+    async def ping(self) -> None:
+        if not self.started:
+            await self.open()
+        await self.send({"type": "http.response.body", "body": PING, "more_body": True})
+
+    async def batch(self, chunks: list[dict]) -> None:
+        dumps = orjson.dumps
+        body = b"".join([b"data: " + dumps(c) + b"\n\n" for c in chunks])
+        await self.send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def end(self) -> None:
+        await self.send({"type": "http.response.body", "body": DONE, "more_body": False})
+
+    async def error(self, err: GatewayError) -> None:
+        if self.started:
+            await self.send({"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n" + DONE, "more_body": False})
+            return
+        self.started = True
+        hdrs = headers.build(self.outcome, headers.JSON, err=err)
+        await self.send({"type": "http.response.start", "status": err.status, "headers": hdrs})
+        await self.send({"type": "http.response.body", "body": err.body()})
+
+
+def body_reader(receive, content_length: str | None):
+    """``read_body(limit)`` for admission: the whole body, a 413 past the limit, ClientGone on a disconnect."""
+
+    async def read(limit: int) -> bytes:
+        declared = -1
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                raise GatewayError(400, "Invalid Content-Length header.", code="invalid_content_length") from None
+            if declared > limit:
+                raise too_large(limit)
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        body = msg.get("body", b"")
+        # Granian sends the whole body with more_body=True and then an empty message;
+        # when Content-Length says we have it all, skip that extra hop through the loop.
+        if not msg.get("more_body") or len(body) == declared:
+            if len(body) > limit:
+                raise too_large(limit)
+            return body
+        parts = [body]
+        size = len(body)
+        while msg.get("more_body"):
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    return read
+
+
+async def handle(gateway, scope: dict, receive, send) -> None:
+    hdrs = scope_headers(scope)
+    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=ROUTE, method=scope["method"])
+    surface = HTTPSurface(send, outcome)
+    relay: Relay = gateway.relay
+    if scope["method"] != "POST":
+        err = GatewayError(405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed")
+        outcome.fail(err)
+        await surface.error(err)
+        relay.finish.run(None, outcome)
+        return
+    inbound = Inbound(hdrs, body_reader(receive, hdrs.get("content-length")), "rest")
+    await relay.serve(gateway.router.state, inbound, outcome, surface, Watch(), receive)

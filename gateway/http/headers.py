@@ -1,0 +1,51 @@
+"""The one builder of response headers, for every response the gateway sends.
+
+Chat answers, streams, errors and the Starlette routes all carry
+``x-request-id`` and ``x-gateway-overhead-ms``; chat answers also say where
+they came from (cache or deployment), all read from the request's ``Outcome``.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from gateway.errors import GatewayError
+from gateway.pipeline.outcome import Outcome
+
+Headers = list[tuple[bytes, bytes]]
+
+JSON = (b"content-type", b"application/json")
+SSE = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+def build(outcome: Outcome, *extra: tuple[bytes, bytes], err: GatewayError | None = None) -> Headers:
+    out = [
+        *extra,
+        (b"x-request-id", outcome.request_id.encode("latin-1")),
+        (b"x-gateway-overhead-ms", b"%.3f" % outcome.overhead_ms(perf_counter())),
+    ]
+    if err is not None:
+        if err.headers:
+            out.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items())
+        if outcome.attempts:
+            out.append((b"x-gateway-attempts", str(outcome.attempts).encode()))
+        return out
+    status = outcome.cache
+    if status is not None:
+        out.append((b"x-cache", status.encode()))
+        if outcome.similarity is not None:
+            out.append((b"x-cache-similarity", b"%.4f" % outcome.similarity))
+        if status != "miss" and status != "bypass":
+            return out  # served from the cache: no provider was involved
+    d = outcome.deployment
+    if d is not None:
+        out.append((b"x-gateway-provider", d.provider.encode()))
+        out.append((b"x-gateway-deployment", d.name.encode("latin-1", "replace")))
+        out.append((b"x-gateway-attempts", str(outcome.attempts or 1).encode()))
+        if outcome.failover:
+            out.append((b"x-gateway-failover", outcome.failover.encode("latin-1", "replace")))
+    return out

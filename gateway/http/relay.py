@@ -1,0 +1,242 @@
+"""The relay core every surface shares: from admission to the last frame, then the finish hook.
+
+A surface (HTTP for REST and SSE, the WebSocket) only says how to frame: a
+whole answer, a stream's opening, a batch of chunks, its end, an error, and a
+keepalive. The relay decides when: nothing is framed before the provider's
+first batch, so a failed attempt can still fail over or become a plain error
+answer; keepalives go out while waiting on the provider; a client that leaves
+cancels the work (and so closes the upstream request); an error after the
+first byte becomes an error frame; and ``Finish.run`` runs exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import perf_counter
+from typing import Protocol
+
+from gateway.errors import GatewayError
+from gateway.pipeline.admission import Admission, Inbound
+from gateway.pipeline.finish import Finish
+from gateway.pipeline.outcome import Outcome
+from gateway.pipeline.pipeline import Pipeline
+from gateway.request import ChatRequest
+
+log = logging.getLogger("gateway")
+
+INTERNAL = GatewayError(500, "The gateway failed to handle this request.", "api_error", None, "internal_error")
+
+
+class ClientGone(Exception):
+    """The client went away while its request was being read."""
+
+
+class Surface(Protocol):
+    started: bool  # has any byte of the answer gone out?
+
+    async def answer(self, completion: dict) -> None: ...
+    async def open(self) -> None: ...
+    async def ping(self) -> None: ...
+    async def batch(self, chunks: list[dict]) -> None: ...
+    async def end(self) -> None: ...
+    async def error(self, err: GatewayError) -> None:
+        """Before any byte: a whole error answer; after: an error frame, then the end."""
+
+
+class Watch:
+    """Cancels the task serving a request when its client leaves (or cancels it).
+
+    ``arm`` takes a function returning the client's next message; the HTTP
+    surface passes ASGI ``receive``. Under Granian that returns a future, so
+    watching costs a callback per request, not a task.
+    """
+
+    __slots__ = ("task", "gone", "_next", "_fut")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.gone = False
+        self._next = None
+        self._fut = None
+
+    def arm(self, next_message) -> None:
+        self.task = asyncio.current_task()
+        self._next = next_message
+        if next_message is not None:
+            self._listen()
+
+    def _listen(self) -> None:
+        fut = self._fut = asyncio.ensure_future(self._next())
+        fut.add_done_callback(self._fired)
+
+    def _fired(self, fut) -> None:
+        if self._fut is not fut or fut.cancelled():
+            return  # stopped: the answer is out, a late disconnect changes nothing
+        if fut.exception() is None and fut.result().get("type") != "http.disconnect":
+            self._listen()  # not a disconnect (a server may send more): keep watching
+            return
+        self.cancel()
+
+    def cancel(self) -> None:
+        """The client is gone (or asked to stop): cancel its request's task."""
+        if not self.gone and self.task is not None:
+            self.gone = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        fut, self._fut = self._fut, None
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+
+class Relay:
+    def __init__(self, admission: Admission, pipeline: Pipeline, finish: Finish, ping_seconds: float) -> None:
+        self.admission = admission
+        self.pipeline = pipeline
+        self.finish = finish
+        self.ping_seconds = ping_seconds
+
+    async def serve(self, snap, inbound: Inbound, outcome: Outcome, surface: Surface, watch: Watch, next_message=None) -> None:
+        """Admit, answer and frame one request; ``next_message`` (see ``Watch``) tells when the client leaves."""
+        req = None
+        try:
+            try:
+                req = await self.admission.admit(snap, inbound, outcome)
+                watch.arm(next_message)
+                if req.stream:
+                    await self._stream(req, surface)
+                else:
+                    completion = await self._answer(req)
+                    watch.stop()
+                    outcome.status = 200
+                    await surface.answer(completion)
+            except GatewayError as err:
+                watch.stop()
+                self._failed(outcome, surface, err)
+                await surface.error(err)
+            except ClientGone:
+                outcome.client_gone = True
+            except asyncio.CancelledError:
+                if not watch.gone:
+                    raise  # shutdown, or the server cancelled us: the finish hook still runs
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                outcome.client_gone = True
+            except Exception:
+                watch.stop()
+                log.exception("unexpected failure handling %s", outcome.request_id)
+                self._failed(outcome, surface, INTERNAL)
+                await surface.error(INTERNAL)
+        finally:
+            watch.stop()
+            self.finish.run(req, outcome)
+
+    @staticmethod
+    def _failed(outcome: Outcome, surface: Surface, err: GatewayError) -> None:
+        outcome.fail(err)
+        if surface.started:
+            outcome.status = 200  # what the client saw; the error type says the rest
+
+    async def _answer(self, req: ChatRequest) -> dict:
+        hit = await self.pipeline.lookup(req)
+        if hit is not None:
+            return hit
+        return await self.pipeline.complete(req)
+
+    async def _stream(self, req: ChatRequest, surface: Surface) -> None:
+        out = req.outcome
+        keepalive = Keepalive(surface, self.ping_seconds)
+        upstream = None
+        rest = None
+        try:
+            # The cache answers before any keepalive, so a stream's headers always carry x-cache.
+            hit = await self.pipeline.lookup(req)
+            if hit is not None:
+                first, rest = self.pipeline.replay(req, hit)
+            else:
+                first, rest, upstream = await keepalive.around(self.pipeline.open_stream(req))
+            if not surface.started:
+                await surface.open()
+            out.status = 200
+            if first:
+                out.first_chunk_seconds = perf_counter() - out.started
+                await surface.batch(first)
+            while True:
+                try:
+                    batch = await keepalive.around(rest.__anext__())
+                except StopAsyncIteration:
+                    break
+                if out.first_chunk_seconds is None:
+                    out.first_chunk_seconds = perf_counter() - out.started
+                await surface.batch(batch)
+            await surface.end()
+        finally:
+            keepalive.stop()
+            # Closing the stream closes the upstream connection, which stops the generation
+            # when the client went away.
+            if rest is not None:
+                await rest.aclose()
+            if upstream is not None:
+                await upstream.close()
+
+
+class Keepalive:
+    """Sends the surface's keepalive while the relay waits on the provider.
+
+    A timer, not a task, is armed per wait: the common fast stream never
+    creates one. When it fires, a task sends the keepalives; the relay lets an
+    in-progress send finish before its own, so two sends never overlap.
+    """
+
+    __slots__ = ("surface", "interval", "_timer", "_task", "_sending", "_halt")
+
+    def __init__(self, surface: Surface, interval: float) -> None:
+        self.surface = surface
+        self.interval = interval
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        self._sending = False
+        self._halt = False
+
+    async def around(self, awaitable):
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._fire)
+        try:
+            return await awaitable
+        finally:
+            self._timer.cancel()
+            self._timer = None
+            if self._task is not None:
+                await self._end_task()
+
+    def _fire(self) -> None:
+        self._halt = False
+        self._task = asyncio.get_running_loop().create_task(self._ping())
+
+    async def _ping(self) -> None:
+        while not self._halt:
+            self._sending = True
+            try:
+                await self.surface.ping()
+            finally:
+                self._sending = False
+            if self._halt:
+                return
+            await asyncio.sleep(self.interval)
+
+    async def _end_task(self) -> None:
+        task, self._task = self._task, None
+        self._halt = True
+        if not self._sending:
+            task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,108 @@
+"""Admission: the one stage that turns an inbound request into a ``ChatRequest``.
+
+Every surface (REST, SSE, WebSocket) hands it the same ``Inbound``; every
+client mistake surfaces here as an OpenAI-shaped 4xx, before the cache, the
+router or a provider sees the request. The steps, in order:
+
+    key → content type → body (size limit) → JSON → validation → model access
+        → model group → limits → time-out override → cache controls
+
+The key comes first so an unauthenticated caller learns nothing and costs
+no body read. Limits (rate, tokens, budget) are the ``limits`` step: each
+limiter is a callable registered at start-up that admits or raises a 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from gateway.auth import ApiKey, authenticate, check_model
+from gateway.errors import GatewayError, invalid
+from gateway.pipeline.outcome import Outcome
+from gateway.request import ChatRequest, parse_json, validate_chat
+
+# limiter(request) → None to admit, or raises a GatewayError (429) to refuse.
+Limiter = Callable[[ChatRequest], None]
+
+
+@dataclass(slots=True)
+class Inbound:
+    """A request as any surface received it: headers (lower-case names) and a way to read the body."""
+
+    headers: dict[str, str]
+    read_body: Callable[[int], Awaitable[bytes]]  # read_body(limit) → bytes, or a 413 past the limit
+    surface: str  # rest | ws (a REST request that asks to stream becomes sse)
+    checks_content_type: bool = True  # a WebSocket message has no Content-Type
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, f"Request body exceeds the limit of {limit} bytes.", "invalid_request_error", None, "request_too_large"
+    )
+
+
+class Admission:
+    def __init__(self, router, cache) -> None:
+        self.router = router
+        self.cache = cache
+        self.limiters: list[Limiter] = []
+
+    async def admit(self, snap, inbound: Inbound, outcome: Outcome) -> ChatRequest:
+        headers = inbound.headers
+        key = self.authenticate(snap.keys, headers)
+        outcome.key_name = key.name
+        if inbound.checks_content_type:
+            ctype = headers.get("content-type")
+            if ctype is not None and not ctype.startswith("application/json"):
+                raise GatewayError(
+                    415, f"Content-Type must be application/json, got '{ctype}'.", code="unsupported_media_type"
+                )
+        raw = await inbound.read_body(snap.settings.max_body_bytes)
+        body = parse_json(raw)
+        validate_chat(body)
+        model = body["model"]
+        outcome.model = model
+        check_model(key, model)
+        group = self.router.resolve(model, snap)
+        stream = body.get("stream") is True
+        if stream and inbound.surface == "rest":
+            outcome.surface = "sse"
+        opts = body.get("stream_options")
+        req = ChatRequest(
+            body=body,
+            model=model,
+            stream=stream,
+            include_usage=bool(opts and opts.get("include_usage")),
+            request_id=outcome.request_id,
+            key=key,
+            headers=headers,
+            started=outcome.started,
+            deadline=asyncio.get_running_loop().time() + _timeout(headers, snap.settings.request_timeout_seconds),
+            group=group,
+            outcome=outcome,
+            default_timeout=snap.settings.request_timeout_seconds,
+        )
+        if self.cache is not None:
+            req.cache_controls = self.cache.parse_controls(headers)
+        for limiter in self.limiters:  # last: a request refused for its own mistakes costs no quota
+            limiter(req)
+        return req
+
+    @staticmethod
+    def authenticate(keys: dict[str, ApiKey], headers: dict[str, str]) -> ApiKey:
+        return authenticate(keys, headers.get("authorization"))
+
+
+def _timeout(headers: dict[str, str], default: float) -> float:
+    override = headers.get("x-gateway-timeout")
+    if override is None:
+        return default
+    try:
+        timeout = float(override)
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout <= 3600:
+        raise invalid("'x-gateway-timeout' must be a number of seconds in (0, 3600].", param="x-gateway-timeout")
+    return timeout

@@ -1,0 +1,91 @@
+"""What happened to one request, as one typed record.
+
+The pipeline stages fill it in as the request moves on (admission: key and
+model; cache: status and similarity; router: deployment, attempts, failover;
+transport: upstream time; relay: first chunk, status, client gone). Everything
+that reports on a request afterwards (response headers, usage, metrics, logs,
+a ledger) reads it instead of asking each stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import GatewayError
+from gateway.providers.base import Deployment
+
+# The closed set of error kinds, so a metric label or a ledger column has a fixed vocabulary.
+CLIENT = "client"  # the client's request was wrong (4xx of ours, or a provider's 4xx for it)
+POLICY = "policy"  # refused by a rule: key, model access, rate or budget limit
+PROVIDER = "provider"  # the provider failed, timed out, or answered in a broken way
+GATEWAY = "gateway"  # our own failure (a 500)
+
+_POLICY_STATUSES = frozenset({401, 403, 429})
+
+
+def error_type(err: GatewayError) -> str:
+    if err.status == 500 and err.upstream_status is None:
+        return GATEWAY
+    if err.upstream_status is not None:
+        # A provider's 4xx for the client's request is the client's; everything else is the provider's.
+        s = err.upstream_status
+        return CLIENT if 400 <= s < 500 and s not in (401, 403, 408, 429) else PROVIDER
+    if err.status >= 500:
+        return PROVIDER  # unreachable, time-out, no healthy deployment, malformed answer
+    return POLICY if err.status in _POLICY_STATUSES else CLIENT
+
+
+@dataclass(slots=True)
+class Outcome:
+    request_id: str
+    started: float  # time.perf_counter() when the request arrived
+    surface: str = "rest"  # rest | sse | ws
+    route: str = ""  # the route template, never a raw path (bounded label values)
+    method: str = "POST"
+    key_name: str | None = None
+    model: str | None = None  # as the client named it
+    status: int = 0
+    # Routing (router).
+    deployment: Deployment | None = None
+    attempts: int = 0
+    failover: str | None = None  # "name (reason), ..." of the attempts that failed before the answer
+    hedged: bool = False
+    # Cache.
+    cache: str | None = None  # hit | semantic-hit | miss | bypass; None when the cache did not run
+    similarity: float | None = None
+    # Usage as the provider reported it (a cut stream: what it reported so far).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    # Time.
+    upstream_seconds: float = 0.0  # spent waiting on providers, summed over attempts
+    first_chunk_seconds: float | None = None  # arrival to the first chunk sent to the client
+    finished: float = 0.0  # time.perf_counter() when the finish hook ran
+    # Failure.
+    error_type: str | None = None
+    error_code: str | None = None
+    client_gone: bool = False  # the client went away before the answer was complete
+
+    def fail(self, err: GatewayError) -> None:
+        self.status = err.status
+        self.error_type = error_type(err)
+        self.error_code = err.code
+
+    def add_usage(self, usage: dict | None) -> None:
+        """Take a provider's usage dict (OpenAI shape); tolerant of missing or odd fields."""
+        if not usage:
+            return
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        self.prompt_tokens = p if type(p) is int else 0
+        self.completion_tokens = c if type(c) is int else 0
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if type(details) is dict else None
+        self.cached_tokens = cached if type(cached) is int else 0
+
+    @property
+    def from_cache(self) -> bool:
+        return self.cache == "hit" or self.cache == "semantic-hit"
+
+    def overhead_ms(self, now: float) -> float:
+        """Time spent in the gateway itself: wall time less the wait on providers."""
+        return (now - self.started - self.upstream_seconds) * 1000.0
