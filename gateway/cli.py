@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 
-from gateway.config import PROVIDERS, ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.providers.registry import PROVIDERS
 
 log = logging.getLogger("gateway")
 
@@ -56,16 +57,11 @@ def start_embedded_simulator() -> tuple[subprocess.Popen, dict[str, str]]:
     )
     _wait_listening(port, proc)
     base = f"http://127.0.0.1:{port}"
-    env = {
-        "GATEWAY_SIMULATED": "true",
-        "OPENAI_API_KEY": SIMULATOR_KEY,
-        "ANTHROPIC_API_KEY": SIMULATOR_KEY,
-        "GOOGLE_API_KEY": SIMULATOR_KEY,
-        "OPENAI_BASE_URL": base + "/v1",
-        "ANTHROPIC_BASE_URL": base,
-        "GOOGLE_BASE_URL": base,
-        "GATEWAY_SIMULATOR_ADMIN_URL": f"http://127.0.0.1:{admin}",
-    }
+    env = {"GATEWAY_SIMULATED": "true"}
+    for p in PROVIDERS.values():
+        env[p.api_key_env] = SIMULATOR_KEY
+        env[p.base_url_env] = base + p.base_path  # the simulator serves each API at its real path
+    env["GATEWAY_SIMULATOR_ADMIN_URL"] = f"http://127.0.0.1:{admin}"
     return proc, env
 
 
@@ -112,7 +108,7 @@ def serve(args: argparse.Namespace) -> None:
         log.warning(
             "no provider API key found (%s): serving against the embedded provider simulator at %s; "
             "simulator admin %s",
-            ", ".join(p.upper() + "_API_KEY" for p in PROVIDERS),
+            ", ".join(p.api_key_env for p in PROVIDERS.values()),
             sim_env["ANTHROPIC_BASE_URL"],
             sim_env["GATEWAY_SIMULATOR_ADMIN_URL"],
         )

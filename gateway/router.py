@@ -1,6 +1,6 @@
 """Model groups, deployment choice, failover, circuit breakers and hedging.
 
-A client names a logical model; the router resolves it (config groups,
+A client names a logical model; the router resolves it (``routing.resolve``: config groups,
 aliases, then provider name prefixes) to a group of deployments and runs the
 request against them:
 
@@ -45,52 +45,23 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import re
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from gateway import upstream
 from gateway.breaker import CLOSED, OPEN, Health, health_key
-from gateway.config import PROVIDERS, ModelGroup, Settings
+from gateway.config import ModelGroup, Settings
 from gateway.errors import GatewayError
 from gateway.hedge import LatencyWindow, RatioBudget, backoff
 from gateway.providers.base import Deployment
 from gateway.request import ChatRequest
-from gateway.snapshot import Snapshot
+from gateway.routing.resolve import Snapshot
 from gateway.transport import Transport, make_transport
 
 if TYPE_CHECKING:
     from gateway.pipeline.outcome import Outcome
 
-# Model name → provider when no group or alias names it (OpenAI's o-series: o1, o3, o4-mini...).
-_PREFIX = re.compile(r"^(?:(gpt-|chatgpt-|o\d)|(claude-)|(gemini-))")
-_PROVIDER_BY_GROUP = ("openai", "anthropic", "google")
-_MAX_IMPLICIT = 4096  # client-chosen names must not grow memory without bound
 _RETRY_BURST = 10.0  # re-tries allowed at once after a quiet spell
 _HEDGE_BURST = 10.0
-
-# What /v1/models lists for each configured provider, besides groups and aliases.
-CATALOGUE = {
-    "openai": ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini"),
-    "anthropic": ("claude-3-5-haiku-latest", "claude-sonnet-4-5", "claude-opus-4-1"),
-    "google": ("gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro"),
-}
-# Implicit fallbacks: the like-for-like model of each other provider, by tier.
-_SMALL = re.compile(r"mini|nano|haiku|flash|lite")
-EQUIVALENT = {
-    "small": {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "google": "gemini-2.0-flash"},
-    "large": {"openai": "gpt-4o", "anthropic": "claude-sonnet-4-5", "google": "gemini-2.5-pro"},
-}
-
-
-def provider_for(model: str) -> str | None:
-    m = _PREFIX.match(model)
-    if m is None:
-        return None
-    return _PROVIDER_BY_GROUP[m.lastindex - 1]
-
-
-def equivalent_model(model: str, provider: str) -> str:
-    return EQUIVALENT["small" if _SMALL.search(model) else "large"][provider]
 
 
 def _deadline_error() -> GatewayError:
@@ -249,7 +220,7 @@ class Router:
         for name, g in settings.models.items():
             # A fresh ModelGroup: the one in ``settings`` may be shared with an older state.
             groups[name] = self._bind(ModelGroup(g.name, list(g.deployments), g.strategy, dict(g.options), g.policy))
-        return Snapshot(settings, groups)
+        return Snapshot(settings, groups, self._bind)
 
     def _bind(self, group: ModelGroup, register: bool = True) -> ModelGroup:
         health = []
@@ -312,60 +283,14 @@ class Router:
             self._watchdog = None
         await asyncio.gather(*(t.close() for t in self.transports.values()), return_exceptions=True)
 
-    # --- resolution --------------------------------------------------------------
+    # --- resolution (gateway.routing.resolve) --------------------------------------
 
     def resolve(self, model: str, st: Snapshot | None = None) -> ModelGroup:
         """The group serving ``model`` under snapshot ``st`` (default: the current one), or a 404."""
-        st = st or self.state
-        group = st.groups.get(model) or st.implicit.get(model)
-        if group is not None:
-            return group
-        target = st.aliases.get(model, model)
-        group = st.groups.get(target) or st.implicit.get(target)
-        if group is None:
-            group = self._implicit_group(st, target)
-        if len(st.implicit) < _MAX_IMPLICIT:
-            st.implicit[model] = group
-        return group
-
-    def _implicit_group(self, st: Snapshot, model: str) -> ModelGroup:
-        """A model no group names: its provider's deployment; with fallback on, the other providers' like-for-like model after it."""
-        provider = provider_for(model)
-        if provider is None:
-            raise GatewayError(
-                404,
-                f"The model '{model}' does not exist or you do not have access to it.",
-                "invalid_request_error",
-                "model",
-                "model_not_found",
-            )
-        providers = st.settings.providers
-        p = providers[provider]
-        if not p.api_key:
-            raise GatewayError(
-                404,
-                f"The model '{model}' is not available: provider '{provider}' is not configured on this gateway.",
-                "invalid_request_error",
-                "model",
-                "model_not_found",
-            )
-        deployments = [_implicit_deployment(p, model)]
-        if st.fallback:
-            for other in PROVIDERS:
-                q = providers.get(other)
-                if other != provider and q is not None and q.api_key:
-                    deployments.append(_implicit_deployment(q, equivalent_model(model, other)))
-        strategy = "priority" if len(deployments) > 1 else "weighted"
-        group = ModelGroup(name=model, deployments=deployments, strategy=strategy, policy=st.settings.routing)
-        return self._bind(group, register=len(st.implicit) < _MAX_IMPLICIT)  # uncached ones are one-offs
+        return (st or self.state).resolve(model)
 
     def model_names(self) -> list[str]:
-        st = self.state
-        names = dict.fromkeys(st.groups)
-        names.update(dict.fromkeys(st.aliases))
-        for provider in st.settings.configured_providers:
-            names.update(dict.fromkeys(CATALOGUE[provider]))
-        return list(names)
+        return self.state.model_names()
 
     # --- introspection -----------------------------------------------------------------
 
@@ -624,18 +549,6 @@ def _soonest_cooling(plan: Plan, now: float) -> tuple[int | None, float]:
         if h.state != OPEN and h.cool_until > now and h.cool_until < at:
             best, at = k, h.cool_until
     return best, at
-
-
-def _implicit_deployment(p, model: str) -> Deployment:
-    return Deployment(
-        name=f"{p.name}:{model}",
-        provider=p.name,
-        model=model,
-        base_url=p.base_url,
-        api_key=p.api_key,
-        transport=p.transport,
-        timeout=p.timeout,
-    )
 
 
 async def _open_first(req: ChatRequest, d: Deployment, transport: Transport, timeout: float):

@@ -6,7 +6,10 @@ import orjson
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.providers import ADAPTERS, anthropic, get_adapter, google, openai
+from gateway.providers import ADAPTERS, get_adapter
+from gateway.providers.anthropic import adapter as anthropic
+from gateway.providers.google import adapter as google
+from gateway.providers.openai import adapter as openai
 from gateway.providers.base import Deployment
 from gateway.sse import SSEDecoder
 

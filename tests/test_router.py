@@ -14,7 +14,8 @@ from gateway.config import ConfigError, RoutePolicy, load_settings
 from gateway.errors import GatewayError
 from gateway.hedge import LatencyWindow, RatioBudget, backoff
 from gateway.request import ChatRequest
-from gateway.router import Router, classify, equivalent_model
+from gateway.router import Router, classify
+from gateway.routing.resolve import equivalent_model
 from gateway.transport import timed_out, unreachable
 
 OK_BODY = orjson.dumps({

@@ -26,7 +26,7 @@ from gateway.pipeline.finish import Finish
 from gateway.pipeline.outcome import Outcome
 from gateway.pipeline.pipeline import Pipeline
 from gateway.router import Router
-from gateway.snapshot import Snapshot
+from gateway.routing.resolve import Snapshot
 from gateway.usage import Usage
 
 log = logging.getLogger("gateway")

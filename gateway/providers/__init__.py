@@ -1,17 +1,5 @@
-"""Provider adapters by name; each is a module of pure functions (see ``base``)."""
+"""Provider adapters, one folder per provider; ``registry`` lists them (see ``base`` for the shapes)."""
 
-from __future__ import annotations
+from gateway.providers.registry import ADAPTERS, PROVIDERS, get_adapter
 
-from types import ModuleType
-
-from gateway.providers import anthropic, google, openai
-
-ADAPTERS: dict[str, ModuleType] = {"openai": openai, "anthropic": anthropic, "google": google}
-
-
-def get_adapter(name: str) -> ModuleType:
-    """The adapter for ``Deployment.provider``; a ValueError names the known ones (a config mistake)."""
-    try:
-        return ADAPTERS[name]
-    except KeyError:
-        raise ValueError(f"Unknown provider {name!r}; expected one of: {', '.join(ADAPTERS)}.") from None
+__all__ = ["ADAPTERS", "PROVIDERS", "get_adapter"]

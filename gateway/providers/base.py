@@ -10,11 +10,18 @@ without a network:
 - ``map_error(status, data) -> GatewayError``
 
 ``body`` is an already validated OpenAI Chat Completions request (a dict).
+
+``Provider`` holds what the rest of the gateway knows about one provider; each
+provider's folder defines one, next to its adapter and its simulated wire
+format, and ``registry`` lists them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Mapping
+from urllib.parse import urlsplit
 
 
 @dataclass(slots=True)
@@ -55,3 +62,25 @@ class StreamState:
     usage: dict | None = None
     finish_reason: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """One provider's facts, so that adding a provider touches its folder and one registry line."""
+
+    name: str  # as in Deployment.provider, [providers.NAME] and /_sim/config
+    adapter: ModuleType  # the pure transforms above
+    prefix: str  # regex: the model names that are this provider's when no group or alias names them
+    catalogue: tuple[str, ...]  # what the gateway's /v1/models lists while the provider is configured
+    small: str  # regex: a model name of the small tier (any provider's), for implicit fallback
+    equivalent: Mapping[str, str]  # tier ("small" | "large") -> this provider's like-for-like model
+    base_url: str  # the public API, used when no base URL is configured
+    api_key_env: str
+    base_url_env: str
+    transport_env: str
+    simulated: str  # the module of its simulated wire format (imported by the simulator only)
+
+    @property
+    def base_path(self) -> str:
+        """The path its API lives under (``/v1`` for OpenAI); the simulator serves the same paths."""
+        return urlsplit(self.base_url).path

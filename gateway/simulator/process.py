@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.providers.registry import PROVIDERS as REGISTRY
 from gateway.simulator.server import Simulator
 from gateway.simulator.settings import PROVIDERS
 
@@ -156,8 +157,8 @@ class SimulatorProcess:
         return self.base_url
 
     def base_url_for(self, provider: str) -> str:
-        """The base URL a gateway deployment of ``provider`` should use."""
-        return self.openai_base_url if provider == "openai" else self.base_url
+        """The base URL a gateway deployment of ``provider`` should use: its real API's path, here."""
+        return self.base_url + REGISTRY[provider].base_path
 
     # ---- lifecycle
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, fields
 
-PROVIDERS = ("openai", "anthropic", "google")
+from gateway.providers.registry import NAMES as PROVIDERS
 MODES = ("ok", "error", "timeout", "refuse", "overloaded")
 
 

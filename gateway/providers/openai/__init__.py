@@ -1,0 +1,18 @@
+"""OpenAI: the adapter (``adapter``), its simulated wire format (``simulated``) and its facts."""
+
+from gateway.providers.base import Provider
+from gateway.providers.openai import adapter
+
+PROVIDER = Provider(
+    name="openai",
+    adapter=adapter,
+    prefix=r"gpt-|chatgpt-|o\d",  # o\d: the o-series (o1, o3, o4-mini...)
+    catalogue=("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini"),
+    small=r"mini|nano",
+    equivalent={"small": "gpt-4o-mini", "large": "gpt-4o"},
+    base_url="https://api.openai.com/v1",
+    api_key_env="OPENAI_API_KEY",
+    base_url_env="OPENAI_BASE_URL",
+    transport_env="OPENAI_TRANSPORT",
+    simulated="gateway.providers.openai.simulated",
+)

@@ -1,0 +1,1 @@
+"""Routing: which deployments serve a model name (``resolve``)."""
