@@ -87,3 +87,26 @@ async def open_stream(req: ChatRequest, deployment: Deployment, transport: Trans
     finally:
         req.outcome.upstream_seconds += perf_counter() - t0
     return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment))
+
+
+async def open_first(req: ChatRequest, d: Deployment, transport: Transport, timeout: float):
+    """Open a stream and wait for its first batch: until then a failure can still fail over."""
+    s = await open_stream(req, d, transport, timeout)
+    it = s.batches().__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        first = []
+    except BaseException:
+        await s.close()
+        raise
+    return first, it, s
+
+
+async def close_stream(result) -> None:
+    """Close a stream ``open_first`` opened (one that lost a hedge race)."""
+    _, it, s = result
+    try:
+        await it.aclose()
+    finally:
+        await s.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.breaker import CLOSED, HALF_OPEN, OPEN, Health
+from gateway.routing.breaker import CLOSED, HALF_OPEN, OPEN, Health
 from gateway.config import RoutePolicy
 from gateway.providers.base import Deployment
 

@@ -95,7 +95,7 @@ def chat(model: str = "gpt-4o-mini", **extra) -> bytes:
 
 
 async def run(gw: Gateway, ex: Exchange, **kw) -> Exchange:
-    await asyncio.wait_for(gw(scope(**kw), ex.receive, ex.send), 10)
+    await asyncio.wait_for(gw(scope(**kw), ex.receive, ex.send), 60)
     return ex
 
 

@@ -9,12 +9,12 @@ from collections import Counter
 import orjson
 import pytest
 
-from gateway.breaker import OPEN
+from gateway.routing.breaker import OPEN
 from gateway.config import ConfigError, RoutePolicy, load_settings
 from gateway.errors import GatewayError
-from gateway.hedge import LatencyWindow, RatioBudget, backoff
+from gateway.routing.budget import LatencyWindow, RatioBudget, backoff
 from gateway.request import ChatRequest
-from gateway.router import Router, classify
+from gateway.routing.router import Router, classify
 from gateway.routing.resolve import equivalent_model
 from gateway.transport import timed_out, unreachable
 

@@ -25,7 +25,7 @@ from gateway.pipeline.admission import Admission
 from gateway.pipeline.finish import Finish
 from gateway.pipeline.outcome import Outcome
 from gateway.pipeline.pipeline import Pipeline
-from gateway.router import Router
+from gateway.routing.router import Router
 from gateway.routing.resolve import Snapshot
 from gateway.usage import Usage
 

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 from gateway.cache import Cache, replay_chunks
 from gateway import shapes
 from gateway.request import ChatRequest
-from gateway.router import Router
+from gateway.routing.router import Router
 from gateway.upstream import UpstreamStream
 
 Batches = AsyncIterator[list[dict]]

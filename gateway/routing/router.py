@@ -17,7 +17,7 @@ request against them:
   group's requests), so a failing provider never sees a retry storm. A
   provider's 4xx for the client's request is returned as is, never retried;
   Retry-After keeps new requests away from that deployment that long.
-- **Breakers** per deployment (``gateway.breaker``); with every deployment of
+- **Breakers** per deployment (``routing.breaker``); with every deployment of
   a group open the client gets a fast 503 with Retry-After. With
   ``breaker_stall`` set, a deployment that stopped answering is opened before
   the attempt time-outs expire (checked on each choice and by a timer), and
@@ -44,157 +44,29 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from gateway import upstream
-from gateway.breaker import CLOSED, OPEN, Health, health_key
 from gateway.config import ModelGroup, Settings
-from gateway.errors import GatewayError
-from gateway.hedge import LatencyWindow, RatioBudget, backoff
+from gateway.errors import GatewayError, upstream_error
 from gateway.providers.base import Deployment
 from gateway.request import ChatRequest
+from gateway.routing.breaker import Health, health_key
+from gateway.routing.budget import backoff
+from gateway.routing.plan import Plan, classify, soonest_cooling
 from gateway.routing.resolve import Snapshot
 from gateway.transport import Transport, make_transport
 
 if TYPE_CHECKING:
     from gateway.pipeline.outcome import Outcome
 
-_RETRY_BURST = 10.0  # re-tries allowed at once after a quiet spell
-_HEDGE_BURST = 10.0
-
 
 def _deadline_error() -> GatewayError:
-    return GatewayError(504, "The request deadline passed before an answer came.", "api_error", None, "deadline_exceeded")
+    return upstream_error(504, "The request deadline passed before an answer came.", code="deadline_exceeded")
 
 
 def _stalled(d: Deployment) -> GatewayError:
-    return GatewayError(
-        504, f"Deployment {d.name} stopped answering; the attempt was abandoned.", "api_error", None, "upstream_stalled"
-    )
-
-
-# What a failed attempt means: (fail over?, counts against the deployment?, did it answer?)
-_LOCAL = (False, False, True)  # the adapter refused the request before sending it (a 400)
-_CLIENT = (False, False, True)  # the provider rejected the client's request: returned as is
-_FAILED = (True, True, True)
-_TIMED_OUT = (True, True, False)
-
-
-def classify(err: GatewayError) -> tuple[bool, bool, bool]:
-    status = err.upstream_status
-    if status is None:
-        if err.code in ("upstream_timeout", "upstream_stalled"):
-            return _TIMED_OUT
-        if err.status < 500:
-            return _LOCAL
-        return _FAILED  # unreachable, malformed answer, broken stream
-    if status >= 500 or status in (408, 429):
-        return _FAILED
-    if status in (401, 403):
-        return _FAILED  # the deployment's own key was rejected: another deployment can serve the client
-    return _CLIENT
-
-
-class Plan:
-    """A group at run time: its deployments' health, the strategy and budgets."""
-
-    __slots__ = (
-        "name", "deployments", "health", "transports", "caps", "weights", "policy", "strategy",
-        "n", "retry_budget", "hedge_budget", "latency", "hedging", "stall",
-    )
-
-    def __init__(self, group: ModelGroup, health: list[Health], transports: list[Transport]) -> None:
-        p = group.policy
-        self.name = group.name
-        self.deployments = group.deployments
-        self.health = health
-        self.transports = transports
-        # Per-attempt time cap of each deployment (None: the rest of the deadline).
-        caps = []
-        for d in group.deployments:
-            c = [x for x in (p.attempt_timeout, d.timeout) if x]
-            caps.append(min(c) if c else None)
-        self.caps = caps
-        self.weights = [d.weight for d in group.deployments]
-        self.policy = p
-        self.strategy = group.strategy
-        self.n = len(group.deployments)
-        self.retry_budget = RatioBudget(p.retry_budget, _RETRY_BURST)
-        self.hedging = p.hedge and self.n > 1
-        self.hedge_budget = RatioBudget(p.hedge_max_fraction, _HEDGE_BURST)
-        self.latency = LatencyWindow()
-        self.stall = p.breaker_stall is not None and self.n > 1
-
-    # --- choice --------------------------------------------------------------------------
-
-    def choose(self, now: float, tried: tuple | list | set = ()) -> int | None:
-        """An available deployment not in ``tried``, by the group's strategy; None if there is none."""
-        health = self.health
-        if self.n == 1:
-            return 0 if not tried and health[0].available(now) else None
-        if self.stall:
-            self._check_stalls(now)
-        cands = [i for i in range(self.n) if i not in tried and health[i].available(now)]
-        if not cands:
-            return None
-        if len(cands) == 1 or self.strategy == "priority":
-            return cands[0]
-        weights = self.weights
-        positive = [i for i in cands if weights[i] > 0]
-        if not positive:
-            return cands[0]  # only failover-only deployments are left: in order
-        if len(positive) == 1:
-            return positive[0]
-        if self.strategy == "latency":
-            a, b = random.sample(positive, 2)
-            return a if self._score(a, now) <= self._score(b, now) else b
-        total = 0.0
-        for i in positive:
-            total += weights[i]
-        r = random.random() * total
-        for i in positive:
-            r -= weights[i]
-            if r < 0:
-                return i
-        return positive[-1]
-
-    def _check_stalls(self, now: float) -> None:
-        """Open hung deployments, but never the last one standing: unless
-        another deployment is closed and answering, the attempt time-out
-        decides (a false alarm must not turn slowness into errors)."""
-        for h in self.health:
-            if h.stalled(now) and self.has_alternative(h, now):
-                h.trip_stalled(now)
-                h.abandon_waiting()
-
-    def has_alternative(self, h: Health, now: float) -> bool:
-        """Is another deployment closed, free and answering, to take what ``h`` cannot?"""
-        return any(o is not h and o.state == CLOSED and o.available(now) and not o.stalled(now) for o in self.health)
-
-    def _score(self, i: int, now: float) -> float:
-        """Expected wait: recent latency × (requests queued + 1); an idle sample decays so it gets re-measured."""
-        h = self.health[i]
-        ewma = h.ewma
-        if ewma and now - h.last_sample > 5.0:
-            ewma *= 0.5 ** ((now - h.last_sample) / 5.0)
-        return ewma * (h.inflight + 1)
-
-    def unavailable(self, now: float) -> GatewayError:
-        ready = min(h.ready_at(now) for h in self.health)
-        seconds = max(1, math.ceil(ready - now))
-        return GatewayError(
-            503,
-            f"Every deployment of model '{self.name}' is unavailable right now (circuit open); retry in {seconds}s.",
-            "api_error",
-            None,
-            "no_healthy_deployment",
-            headers={"Retry-After": str(seconds)},
-        )
-
-    def hedge_delay(self) -> float | None:
-        fixed = self.policy.hedge_delay
-        return fixed if fixed is not None else self.latency.p95
+    return upstream_error(504, f"Deployment {d.name} stopped answering; the attempt was abandoned.", code="upstream_stalled")
 
 
 class Router:
@@ -348,13 +220,14 @@ class Router:
         h.tasks.add(task)
         try:
             if stream:
-                result = await _open_first(req, d, plan.transports[i], timeout)
+                result = await upstream.open_first(req, d, plan.transports[i], timeout)
             else:
                 result = await upstream.complete(req, d, plan.transports[i], timeout)
         except GatewayError as err:
             h.tasks.discard(task)
             now = loop.time()
-            _, counts, answered = classify(err)
+            verdict = classify(err)
+            counts, answered = verdict.counts, verdict.answered
             if not counts:
                 if err.upstream_status is None:
                     h.release(att)  # never sent
@@ -412,13 +285,15 @@ class Router:
                 raise self._give_up(out, attempts, last or _deadline_error())
             cap = plan.caps[i]
             timeout = remaining if cap is None or cap > remaining else cap
+            # Does a time-out of this attempt say something about the deployment? Only when the attempt
+            # had at least half its normal time: a client's own short deadline running out does not.
             default = req.default_timeout
             judged = timeout >= 0.5 * (cap if cap is not None and cap < default else default)
             if plan.hedging and plan.n - len(tried) > 1:
                 result, winner, used, errors = await self._hedged(req, plan, i, timeout, stream, judged, tried)
                 attempts += len(used)
                 for k, e in errors:
-                    if classify(e)[0]:
+                    if classify(e).fail_over:
                         failures.append(f"{names[k].name} ({e.code or e.upstream_status})")
                 if winner is not None:
                     if winner != i and not errors:
@@ -428,7 +303,7 @@ class Router:
                     if k not in tried:
                         tried.append(k)
                 err = errors[0][1]
-                fatal = next((e for _, e in errors if not classify(e)[0]), None)
+                fatal = next((e for _, e in errors if not classify(e).fail_over), None)
                 if fatal is not None:
                     raise self._give_up(out, attempts, fatal)
             else:
@@ -442,7 +317,7 @@ class Router:
                 now = loop.time()
                 if i not in tried:
                     tried.append(i)
-                if not classify(err)[0]:
+                if not classify(err).fail_over:
                     if err.upstream_status is None and err.status < 500:
                         # This deployment's adapter cannot express the request; another provider's may.
                         attempts -= 1
@@ -464,7 +339,7 @@ class Router:
                 nxt = plan.choose(now)
                 wait_until = now
                 if nxt is None:
-                    nxt, wait_until = _soonest_cooling(plan, now)
+                    nxt, wait_until = soonest_cooling(plan, now)
                     if nxt is None:
                         raise self._give_up(out, attempts, err)
                 if not plan.retry_budget.spend():
@@ -512,7 +387,7 @@ class Router:
                     if not isinstance(exc, GatewayError):
                         raise exc
                     errors.append((tasks[t], exc))
-                    if not classify(exc)[0]:
+                    if not classify(exc).fail_over:
                         return None, None, list(tasks.values()), errors
             errors.sort(key=lambda e: e[0] != i)  # the first attempt's error first
             return None, None, list(tasks.values()), errors
@@ -524,7 +399,7 @@ class Router:
                     t.cancel()
                     t.add_done_callback(_drain)  # losers clean up on their own; nobody waits for them
                 elif stream and not t.cancelled() and t.exception() is None:
-                    await _close_stream(t.result())  # a stream that opened too, but lost
+                    await upstream.close_stream(t.result())  # a stream that opened too, but lost
 
     @staticmethod
     def _done(out: Outcome, d: Deployment, attempts: int, failures: list[str] | None, result):
@@ -540,36 +415,6 @@ class Router:
         if err.retry_after and not err.headers:
             err.headers = {"Retry-After": str(max(1, math.ceil(err.retry_after)))}
         return err
-
-
-def _soonest_cooling(plan: Plan, now: float) -> tuple[int | None, float]:
-    """A closed deployment that only waits out a provider's Retry-After, and until when."""
-    best, at = None, math.inf
-    for k, h in enumerate(plan.health):
-        if h.state != OPEN and h.cool_until > now and h.cool_until < at:
-            best, at = k, h.cool_until
-    return best, at
-
-
-async def _open_first(req: ChatRequest, d: Deployment, transport: Transport, timeout: float):
-    s = await upstream.open_stream(req, d, transport, timeout)
-    it = s.batches().__aiter__()
-    try:
-        first = await it.__anext__()
-    except StopAsyncIteration:
-        first = []
-    except BaseException:
-        await s.close()
-        raise
-    return first, it, s
-
-
-async def _close_stream(result) -> None:
-    _, it, s = result
-    try:
-        await it.aclose()
-    finally:
-        await s.close()
 
 
 def _drain(task: asyncio.Task) -> None:
