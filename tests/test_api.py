@@ -9,17 +9,10 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.simulator import SimulatorProcess
 from tests.harness import ADMIN_KEY, API_KEY, running_gateway, simulator_env
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "google": "gemini-2.0-flash"}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
