@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis, free ports."""
+"""Shared fixtures: a real Redis, a simulator per module, free ports."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import uuid
 import aiohttp
 import pytest
 
+from gateway.simulator import SimulatorProcess
 from tests.redis_server import free_port, session_redis_url
 
 
@@ -32,3 +33,10 @@ async def http():
     """An HTTP client for tests that talk to a running gateway or simulator."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """One simulator process (all three providers) shared by a module's tests; reset it between them."""
+    with SimulatorProcess() as s:
+        yield s

@@ -103,3 +103,16 @@ def running_gateway(env: dict[str, str], workers: int = 1) -> Iterator[GatewayPr
     finally:
         gw.stop()
         os.unlink(gw.logfile.name)
+
+
+@contextmanager
+def gateway_with_config(toml: str, env: dict[str, str] | None = None, workers: int = 1) -> Iterator[GatewayProcess]:
+    """A gateway whose GATEWAY_CONFIG is ``toml`` (written to a temporary file for its lifetime)."""
+    fd, path = tempfile.mkstemp(prefix="gateway-", suffix=".toml")
+    with os.fdopen(fd, "w") as f:
+        f.write(toml)
+    try:
+        with running_gateway({**(env or {}), "GATEWAY_CONFIG": path}, workers) as gw:
+            yield gw
+    finally:
+        os.unlink(path)

@@ -9,17 +9,10 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.simulator import SimulatorProcess
 from tests.harness import ADMIN_KEY, API_KEY, running_gateway, simulator_env
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "google": "gemini-2.0-flash"}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +80,22 @@ async def test_streaming_each_provider(gateway, http, provider):
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] > 0
 
 
-async def test_stream_without_include_usage_has_no_usage_chunk(gateway, http):
+async def test_stream_without_include_usage_has_no_usage_chunk(gateway, sim, http):
+    sim.configure("openai", tokens_per_second=400, response_tokens=12)  # 12 chunks, paced: several reads
     async with http.post(gateway.url + "/v1/chat/completions", json=chat_body("openai", stream=True), headers=AUTH) as r:
+        assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
         payloads = await sse_payloads(r)
+    assert len(payloads) >= 3 and payloads[-1] == b"[DONE]"
+    assert b"[DONE]" not in payloads[:-1]
     chunks = [orjson.loads(p) for p in payloads[:-1]]
-    assert all(c["choices"] for c in chunks)
+    assert all(c["object"] == "chat.completion.chunk" and c["choices"] for c in chunks)
+    assert not any(c.get("usage") for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert "What is machine learning" in text
+    assert sum(1 for c in chunks if c["choices"][0]["delta"].get("content")) == 12  # one per token
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == ["stop"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # nothing after the finish but [DONE]
 
 
 async def test_max_tokens_gives_length(gateway, http):
@@ -272,16 +276,28 @@ async def test_models_health_ready_usage(gateway, http):
         ready = orjson.loads(await r.read())
     assert r.status == 200 and ready["providers"]["openai"] == "configured"
 
+    async def report(url: str, key: str) -> dict[tuple[str, str], dict]:
+        async with http.get(gateway.url + url, headers={"Authorization": f"Bearer {key}"}) as r:
+            assert r.status == 200, await r.text()
+            return {(x["key"], x["model"]): x for x in orjson.loads(await r.read())["data"]}
+
+    # Other tests in this module use the same gateway: compare the rows before and after one request.
+    ours = (API_KEY[:8] + "…", MODELS["google"])  # keys from GATEWAY_API_KEYS are named by their start
+    zero = {"requests": 0, "cached_requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    before = (await report("/v1/usage?all=1", ADMIN_KEY)).get(ours, zero)
     async with http.post(gateway.url + "/v1/chat/completions", json=chat_body("google"), headers=AUTH) as r:
         usage = orjson.loads(await r.read())["usage"]
-    async with http.get(gateway.url + "/v1/usage", headers=AUTH) as r:
-        rows = orjson.loads(await r.read())["data"]
-    row = next(x for x in rows if x["model"] == MODELS["google"])
-    assert row["requests"] >= 1 and row["completion_tokens"] >= usage["completion_tokens"]
+    mine = await report("/v1/usage", API_KEY)
+    assert {k for k, _ in mine} == {ours[0]}  # a key sees its own rows only
+    everyone = await report("/v1/usage?all=1", ADMIN_KEY)
+    assert everyone[ours] == mine[ours]
+    after = everyone[ours]
+    assert {f: after[f] - before[f] for f in zero} == {
+        "requests": 1, "cached_requests": 0, "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"], "total_tokens": usage["total_tokens"],
+    }
     async with http.get(gateway.url + "/v1/usage?all=1", headers=AUTH) as r:
         assert r.status == 403
-    async with http.get(gateway.url + "/v1/usage?all=1", headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
-        assert r.status == 200
 
 
 async def test_every_response_names_its_request_and_overhead(gateway, http):
@@ -296,7 +312,34 @@ async def test_every_response_names_its_request_and_overhead(gateway, http):
         ("POST", "/v1/chat/completions", AUTH, chat_body("openai")),  # 200
     ]
     for method, path, headers, body in checks:
+        t0 = time.perf_counter()
         async with http.request(method, gateway.url + path, headers=headers | {"x-request-id": "rid-7"}, json=body) as r:
+            await r.read()
+            wall_ms = (time.perf_counter() - t0) * 1000.0
             assert r.headers.get("x-request-id") == "rid-7", (method, path, r.status)
             assert r.headers.getall("x-request-id") == ["rid-7"], (method, path)
-            assert float(r.headers["x-gateway-overhead-ms"]) >= 0, (method, path, r.status)
+            assert len(r.headers.getall("x-gateway-overhead-ms")) == 1, (method, path)
+            overhead = float(r.headers["x-gateway-overhead-ms"])
+            assert 0 <= overhead < wall_ms, (method, path, r.status, overhead, wall_ms)
+
+
+async def test_overhead_excludes_the_time_spent_waiting_on_the_provider(gateway, sim, http):
+    """With a provider that takes 300 ms, the gateway's own share stays below the wall time minus those 300 ms:
+    for an answer, a stream, and a provider error."""
+    sim.configure("*", latency_ms=300)
+    cases = [
+        ("openai", {}, 200),
+        ("anthropic", {"stream": True}, 200),
+        ("google", {}, 502),
+    ]
+    for provider, extra, status in cases:
+        if status == 502:
+            sim.configure(provider, mode="error", error_status=500)
+        t0 = time.perf_counter()
+        async with http.post(gateway.url + "/v1/chat/completions", json=chat_body(provider, **extra), headers=AUTH) as r:
+            await r.read()
+            wall_ms = (time.perf_counter() - t0) * 1000.0
+            assert r.status == status, provider
+            overhead = float(r.headers["x-gateway-overhead-ms"])
+        assert wall_ms >= 300, provider
+        assert 0 <= overhead < wall_ms - 300, (provider, overhead, wall_ms)

@@ -29,7 +29,7 @@ import orjson
 import pytest
 
 from gateway.simulator import SimulatorProcess
-from tests.harness import ADMIN_KEY, API_KEY, running_gateway
+from tests.harness import ADMIN_KEY, API_KEY, gateway_with_config, running_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
@@ -123,14 +123,9 @@ def sims():
 
 @pytest.fixture(scope="module")
 def gateway(sims):
-    path = Path(tempfile.mkstemp(prefix="failover-", suffix=".toml")[1])
-    path.write_text(failover_config(*sims))
-    env = {"GATEWAY_CACHE": "off", "GATEWAY_CONFIG": str(path), "REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT), "WORKER_CONNECTIONS": "4096"}
-    try:
-        with running_gateway(env) as gw:
-            yield gw
-    finally:
-        path.unlink(missing_ok=True)
+    env = {"GATEWAY_CACHE": "off", "REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT), "WORKER_CONNECTIONS": "4096"}
+    with gateway_with_config(failover_config(*sims), env) as gw:
+        yield gw
 
 
 @pytest.fixture(autouse=True)
