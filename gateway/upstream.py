@@ -26,14 +26,17 @@ def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None
     return err
 
 
-async def complete(req: ChatRequest, deployment: Deployment, transport: Transport, timeout: float) -> dict:
+async def complete(req: ChatRequest, deployment: Deployment, transport: Transport, timeout: float,
+                   timed: bool = True) -> dict:
+    """One call; ``timed=False`` when the caller times it (a hedge race counts its span once, not each attempt)."""
     adapter = get_adapter(deployment.provider)
     upstream = adapter.build_request(req.body, deployment, False)
     t0 = perf_counter()
     try:
         status, data, retry_after = await transport.send(upstream, timeout)
     finally:
-        req.outcome.upstream_seconds += perf_counter() - t0
+        if timed:
+            req.outcome.upstream_seconds += perf_counter() - t0
     if status >= 400:
         raise _upstream_error(adapter, status, data, retry_after)
     return adapter.parse_response(data, deployment)
@@ -77,29 +80,35 @@ class UpstreamStream:
 async def open_stream(req: ChatRequest, deployment: Deployment, transport: Transport, timeout: float) -> UpstreamStream:
     adapter = get_adapter(deployment.provider)
     upstream = adapter.build_request(req.body, deployment, True)
-    t0 = perf_counter()
-    try:
-        resp = await transport.open(upstream, timeout)
-        if resp.status >= 400:
-            data = await resp.read()
-            await resp.close()
-            raise _upstream_error(adapter, resp.status, data, resp.retry_after)
-    finally:
-        req.outcome.upstream_seconds += perf_counter() - t0
+    resp = await transport.open(upstream, timeout)
+    if resp.status >= 400:
+        data = await resp.read()
+        await resp.close()
+        raise _upstream_error(adapter, resp.status, data, resp.retry_after)
     return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment))
 
 
-async def open_first(req: ChatRequest, d: Deployment, transport: Transport, timeout: float):
-    """Open a stream and wait for its first batch: until then a failure can still fail over."""
-    s = await open_stream(req, d, transport, timeout)
-    it = s.batches().__aiter__()
+async def open_first(req: ChatRequest, d: Deployment, transport: Transport, timeout: float, timed: bool = True):
+    """Open a stream and wait for its first batch: until then a failure can still fail over.
+
+    The wait counts as upstream time up to the first batch (a provider sends its
+    headers at once and its first token later): the SSE headers, which carry the
+    overhead, leave only after it.
+    """
+    t0 = perf_counter()
     try:
-        first = await it.__anext__()
-    except StopAsyncIteration:
-        first = []
-    except BaseException:
-        await s.close()
-        raise
+        s = await open_stream(req, d, transport, timeout)
+        it = s.batches().__aiter__()
+        try:
+            first = await it.__anext__()
+        except StopAsyncIteration:
+            first = []
+        except BaseException:
+            await s.close()
+            raise
+    finally:
+        if timed:
+            req.outcome.upstream_seconds += perf_counter() - t0
     return first, it, s
 
 

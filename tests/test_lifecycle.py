@@ -244,3 +244,4 @@ async def test_streamed_cache_hits_carry_x_cache_even_when_a_ping_goes_first(sim
     finally:
         await app.cache.close()
         await app.router.close()
+

@@ -487,8 +487,6 @@ async def test_hedge_wins_over_a_slow_first_attempt_and_cancels_it(gateway, sims
     assert (await deployment(http, gateway, "hedge-a"))["in_flight"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the overhead subtracts the sum of attempt times, and a hedge loser's time is "
-                   "added only after the headers left: the hedge delay shows up as gateway overhead")
 @pytest.mark.parametrize("stream", [False, True], ids=["rest", "sse"])
 async def test_a_hedged_request_does_not_count_the_wait_on_its_providers_as_overhead(gateway, sims, http, stream):
     a, b = sims

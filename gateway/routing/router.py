@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from gateway import upstream
@@ -209,7 +210,8 @@ class Router:
         """Open a stream and wait for its first batch, so failures before any byte can fail over."""
         return await self._run(req, group.plan or self._bind(group).plan, True)
 
-    async def _attempt(self, req: ChatRequest, plan: Plan, i: int, timeout: float, stream: bool, judged: bool):
+    async def _attempt(self, req: ChatRequest, plan: Plan, i: int, timeout: float, stream: bool, judged: bool,
+                       timed: bool = True):
         """One attempt, with its breaker bookkeeping. Raises GatewayError on failure."""
         h = plan.health[i]
         d = plan.deployments[i]
@@ -220,9 +222,9 @@ class Router:
         h.tasks.add(task)
         try:
             if stream:
-                result = await upstream.open_first(req, d, plan.transports[i], timeout)
+                result = await upstream.open_first(req, d, plan.transports[i], timeout, timed)
             else:
-                result = await upstream.complete(req, d, plan.transports[i], timeout)
+                result = await upstream.complete(req, d, plan.transports[i], timeout, timed)
         except GatewayError as err:
             h.tasks.discard(task)
             now = loop.time()
@@ -359,7 +361,8 @@ class Router:
         Returns ``(result, winner index or None, indices tried, [(index, error)])``.
         """
         loop = asyncio.get_running_loop()
-        first = loop.create_task(self._attempt(req, plan, i, timeout, stream, judged))
+        started = perf_counter()
+        first = loop.create_task(self._attempt(req, plan, i, timeout, stream, judged, False))
         tasks = {first: i}
         winner_task = None
         try:
@@ -373,7 +376,7 @@ class Router:
                         cap = plan.caps[j]
                         left = req.deadline - now
                         t2 = left if cap is None or cap > left else cap
-                        tasks[loop.create_task(self._attempt(req, plan, j, t2, stream, judged))] = j
+                        tasks[loop.create_task(self._attempt(req, plan, j, t2, stream, judged, False))] = j
                         req.outcome.hedged = True
             pending = set(tasks)
             errors: list[tuple[int, GatewayError]] = []
@@ -392,6 +395,9 @@ class Router:
             errors.sort(key=lambda e: e[0] != i)  # the first attempt's error first
             return None, None, list(tasks.values()), errors
         finally:
+            # The race's span is the upstream wait, counted once: its attempts overlap, and a
+            # cancelled loser ends after the answer may already have left.
+            req.outcome.upstream_seconds += perf_counter() - started
             for t in tasks:
                 if t is winner_task:
                     continue
