@@ -8,7 +8,6 @@ gateway can report its own overhead.
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import AsyncIterator
 
 from gateway.errors import GatewayError
@@ -31,12 +30,13 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
     """One call; ``timed=False`` when the caller times it (a hedge race counts its span once, not each attempt)."""
     adapter = get_adapter(deployment.provider)
     upstream = adapter.build_request(req.body, deployment, False)
-    t0 = perf_counter()
+    if timed:
+        t0 = req.outcome.wait_begin()
     try:
         status, data, retry_after = await transport.send(upstream, timeout)
     finally:
         if timed:
-            req.outcome.upstream_seconds += perf_counter() - t0
+            req.outcome.wait_end(t0)
     if status >= 400:
         raise _upstream_error(adapter, status, data, retry_after)
     return adapter.parse_response(data, deployment)
@@ -95,7 +95,8 @@ async def open_first(req: ChatRequest, d: Deployment, transport: Transport, time
     headers at once and its first token later): the SSE headers, which carry the
     overhead, leave only after it.
     """
-    t0 = perf_counter()
+    if timed:
+        t0 = req.outcome.wait_begin()
     try:
         s = await open_stream(req, d, transport, timeout)
         it = s.batches().__aiter__()
@@ -108,7 +109,7 @@ async def open_first(req: ChatRequest, d: Deployment, transport: Transport, time
             raise
     finally:
         if timed:
-            req.outcome.upstream_seconds += perf_counter() - t0
+            req.outcome.wait_end(t0)
     return first, it, s
 
 

@@ -10,6 +10,7 @@ a ledger) reads it instead of asking each stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import perf_counter
 
 from gateway.errors import GatewayError
 from gateway.providers.base import Deployment
@@ -58,7 +59,8 @@ class Outcome:
     completion_tokens: int = 0
     cached_tokens: int = 0
     # Time.
-    upstream_seconds: float = 0.0  # spent waiting on providers, summed over attempts
+    upstream_seconds: float = 0.0  # spent waiting on providers (a hedge race's span counted once)
+    waiting_since: float = 0.0  # perf_counter() when the wait now under way began; 0.0: none
     first_chunk_seconds: float | None = None  # arrival to the first chunk sent to the client
     finished: float = 0.0  # time.perf_counter() when the finish hook ran
     # Failure.
@@ -86,6 +88,18 @@ class Outcome:
     def from_cache(self) -> bool:
         return self.cache == "hit" or self.cache == "semantic-hit"
 
+    def wait_begin(self) -> float:
+        self.waiting_since = t = perf_counter()
+        return t
+
+    def wait_end(self, began: float) -> None:
+        self.upstream_seconds += perf_counter() - began
+        self.waiting_since = 0.0
+
     def overhead_ms(self, now: float) -> float:
-        """Time spent in the gateway itself: wall time less the wait on providers."""
-        return (now - self.started - self.upstream_seconds) * 1000.0
+        """Time spent in the gateway itself: wall time less the wait on providers, the one under way
+        included (a keepalive can send a stream's headers in the middle of a wait)."""
+        waited = self.upstream_seconds
+        if self.waiting_since:
+            waited += now - self.waiting_since
+        return (now - self.started - waited) * 1000.0

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from gateway import upstream
@@ -361,7 +360,7 @@ class Router:
         Returns ``(result, winner index or None, indices tried, [(index, error)])``.
         """
         loop = asyncio.get_running_loop()
-        started = perf_counter()
+        started = req.outcome.wait_begin()
         first = loop.create_task(self._attempt(req, plan, i, timeout, stream, judged, False))
         tasks = {first: i}
         winner_task = None
@@ -397,7 +396,7 @@ class Router:
         finally:
             # The race's span is the upstream wait, counted once: its attempts overlap, and a
             # cancelled loser ends after the answer may already have left.
-            req.outcome.upstream_seconds += perf_counter() - started
+            req.outcome.wait_end(started)
             for t in tasks:
                 if t is winner_task:
                     continue
