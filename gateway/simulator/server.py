@@ -16,19 +16,22 @@ That is why the admin API is also served on a separate admin port.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import socket
 import sys
 import traceback
 from collections import deque
 from http import HTTPStatus
-from typing import Callable
+from types import ModuleType
 
 import httptools
 import orjson
 
+from gateway.config.validate import Refused, as_number
+from gateway.providers.registry import PROVIDERS as REGISTRY
 from gateway.simulator import wire
 from gateway.simulator.settings import PROVIDERS, Settings, Stats, check
-from gateway.simulator.wire import Reply, Request
+from gateway.simulator.wire import Handler, Reply, Request
 
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _STATUS_LINES[529] = b"HTTP/1.1 529 Overloaded\r\n"
@@ -41,29 +44,46 @@ def _status_line(status: int) -> bytes:
 
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 11\r\nconnection: close\r\n\r\nBad Request"
 
-Handler = Callable[[Request, Settings], Reply]
-_ROUTES: dict[tuple[bytes, str], tuple[str, Handler]] = {
-    (b"POST", "/v1/chat/completions"): ("openai", wire.openai_chat),
-    (b"POST", "/v1/embeddings"): ("openai", wire.openai_embeddings),
-    (b"GET", "/v1/models"): ("openai", wire.openai_models),
-    (b"POST", "/v1/messages"): ("anthropic", wire.anthropic_messages),
-    (b"GET", "/v1beta/models"): ("google", wire.google_models),
-}
-_GOOGLE_PREFIXES = ("/v1beta/models/", "/v1/models/")
+Route = tuple[str, Handler]
 
 
-def route(req: Request) -> tuple[str, Handler] | None:
-    found = _ROUTES.get((req.method, req.path))
-    if found is not None:
-        if found[0] == "openai" and req.method == b"GET" and b"x-api-key" in req.headers:
-            return "anthropic", wire.anthropic_models  # same path, told apart by the auth header
-        return found
-    if req.method == b"POST" and req.path.startswith(_GOOGLE_PREFIXES):
-        model, _, method = req.path.split("/models/", 1)[1].rpartition(":")
-        if model and method in ("generateContent", "streamGenerateContent"):
-            stream = method == "streamGenerateContent"
-            return "google", lambda r, s: wire.google_generate(r, s, model, stream)
-    return None
+class Routes:
+    """Every registered provider's simulated routes: (method, path) first, then each one's ``match``.
+
+    Two providers may share a path (OpenAI's and Anthropic's ``GET /v1/models``):
+    the first registered serves it unless a later one's auth header is present.
+    """
+
+    def __init__(self, wires: dict[str, ModuleType]) -> None:
+        shared: dict[tuple[bytes, str], list[tuple[bytes, str, Handler]]] = {}
+        for provider, w in wires.items():
+            for key, handler in w.ROUTES.items():
+                shared.setdefault(key, []).append((w.AUTH_HEADER, provider, handler))
+        self.exact: dict[tuple[bytes, str], Route] = {k: (v[0][1], v[0][2]) for k, v in shared.items() if len(v) == 1}
+        self.shared = {k: v for k, v in shared.items() if len(v) > 1}
+        self.matchers = [(provider, w.match) for provider, w in wires.items() if hasattr(w, "match")]
+
+    def route(self, req: Request) -> Route | None:
+        key = (req.method, req.path)
+        found = self.exact.get(key)
+        if found is not None:
+            return found
+        candidates = self.shared.get(key)
+        if candidates is not None:
+            for header, provider, handler in reversed(candidates[1:]):
+                if header in req.headers:
+                    return provider, handler
+            return candidates[0][1], candidates[0][2]
+        for provider, match in self.matchers:
+            handler = match(req)
+            if handler is not None:
+                return provider, handler
+        return None
+
+
+def load_wires() -> dict[str, ModuleType]:
+    """Each registered provider's simulated wire format, imported here so the gateway never loads them."""
+    return {name: importlib.import_module(p.simulated) for name, p in REGISTRY.items()}
 
 
 class Connection(asyncio.Protocol):
@@ -156,14 +176,15 @@ class Connection(asyncio.Protocol):
         if self.admin:
             self.write(Reply(404, b'{"error":"the admin port serves /_sim/ only"}'))
             return
-        found = route(req)
+        found = self.sim.route(req)
         if found is None:  # counted as "other": a gateway with a wrong base URL shows up in the stats
             self.sim.stats.begin("other")
             self.provider = "other"
-            self.write(wire.openai_error(404, f"Unknown request URL: {req.method.decode()} {req.path}."))
+            self.write(self.sim.unknown(404, f"Unknown request URL: {req.method.decode()} {req.path}."))
             return
         provider, handler = found
         s = self.sim.settings[provider]
+        w = self.sim.wires[provider]
         stats = self.sim.stats
         mode = s.mode
         if mode == "refuse":
@@ -176,17 +197,17 @@ class Connection(asyncio.Protocol):
             stats.count(stats.hung, provider)
             return  # busy forever: this connection answers nothing more
         if mode == "error":
-            reply = wire.error(provider, s.error_status, s.retry_after)
+            reply = wire.error(w, s.error_status, s.retry_after)
         elif mode == "overloaded":
-            reply = wire.overloaded(provider, s.retry_after)
+            reply = wire.overloaded(w, s.retry_after)
         else:
             try:
                 reply = handler(req, s)
             except Exception:
                 traceback.print_exc(file=sys.stderr)
-                reply = wire.error(provider, 500)
+                reply = wire.error(w, 500)
             if reply.status == 200 and s.error_rate and self.sim.random() < s.error_rate:
-                reply = wire.error(provider, s.error_status, s.retry_after)
+                reply = wire.error(w, s.error_status, s.retry_after)
         delay = s.delay()
         if delay > 0:
             self.timer = self.loop.call_later(delay, self.send, reply, s.chunk_interval())
@@ -281,6 +302,9 @@ class Simulator:
         import random
 
         self.random = random.random
+        self.wires = load_wires()
+        self.route = Routes(self.wires).route
+        self.unknown = next(iter(self.wires.values())).error  # unknown paths: the first provider's (OpenAI's) error shape
         self.initial = config or {}
         self.settings: dict[str, Settings] = {}
         self.stats = Stats()
@@ -337,7 +361,7 @@ class Simulator:
         for provider in sorted(config, key=lambda p: p != "*"):  # "*" first, then specifics
             updates = config[provider]
             if provider not in (*PROVIDERS, "*"):
-                raise ValueError(f"unknown provider {provider!r}; expected one of openai, anthropic, google, *")
+                raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}, *")
             if not isinstance(updates, dict):
                 raise ValueError(f"settings for {provider!r} must be an object")
             plan.append((provider, self._check(updates)))
@@ -372,9 +396,10 @@ class Simulator:
         if seconds is not None:
             if "mode" not in out:
                 raise ValueError("for_seconds needs a mode")
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-                raise ValueError(f"for_seconds must be a positive number, got {seconds!r}")
-            out["for_seconds"] = float(seconds)
+            try:
+                out["for_seconds"] = as_number(seconds, 0, None, lo_open=True)
+            except Refused:
+                raise ValueError(f"for_seconds must be a positive number, got {seconds!r}") from None
         return out
 
     def _set(self, provider: str, updates: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, fields
 
+from gateway.config.validate import Refused, as_int, as_number
 from gateway.providers.registry import NAMES as PROVIDERS
 MODES = ("ok", "error", "timeout", "refuse", "overloaded")
 
@@ -50,23 +51,15 @@ class Settings:
 NAMES = frozenset(f.name for f in fields(Settings))
 
 
-def _number(name: str, value: object, low: float, high: float | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if value < low or (high is not None and value > high):
+def _bounded(name: str, value: object, low: float, high: float | None, whole: bool = False) -> float | int:
+    """``value`` checked by the gateway's shared validators, worded as the admin API always has."""
+    try:
+        return as_int(value, low, high) if whole else as_number(value, low, high)
+    except Refused as r:
+        if not r.range:
+            raise ValueError(f"{name} must be {'an integer' if whole else 'a number'}, got {value!r}") from None
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return float(value)
-
-
-def _integer(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
-    return value
+        raise ValueError(f"{name} must be {bound}, got {r.value!r}") from None
 
 
 def check(updates: dict) -> dict:
@@ -76,17 +69,17 @@ def check(updates: dict) -> dict:
         if name not in NAMES:
             raise ValueError(f"unknown setting {name!r}; known: {', '.join(sorted(NAMES))}")
         if name in ("latency_ms", "jitter_ms", "tail_ms", "tokens_per_second"):
-            out[name] = _number(name, value, 0, None)
+            out[name] = _bounded(name, value, 0, None)
         elif name in ("tail_ratio", "error_rate"):
-            out[name] = _number(name, value, 0, 1)
+            out[name] = _bounded(name, value, 0, 1)
         elif name == "response_tokens":
-            out[name] = _integer(name, value, 0, 1_000_000)
+            out[name] = _bounded(name, value, 0, 1_000_000, whole=True)
         elif name == "chunk_tokens":
-            out[name] = _integer(name, value, 1, 1_000_000)
+            out[name] = _bounded(name, value, 1, 1_000_000, whole=True)
         elif name == "error_status":
-            out[name] = _integer(name, value, 400, 599)
+            out[name] = _bounded(name, value, 400, 599, whole=True)
         elif name == "retry_after":
-            out[name] = _integer(name, value, 0, 86_400)
+            out[name] = _bounded(name, value, 0, 86_400, whole=True)
         elif name == "mode":
             if value not in MODES:
                 raise ValueError(f"mode must be one of {', '.join(MODES)}, got {value!r}")

@@ -1,0 +1,162 @@
+"""Google Gemini's wire format in the simulator: generateContent, streamGenerateContent (SSE or a JSON array), models."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+import orjson
+
+from gateway.simulator.settings import Settings
+from gateway.simulator.wire import SSE, Handler, Invalid, Reply, Request, answer, endpoint, json_object
+from gateway.simulator.wire import error_words, new_id, opt_int, opt_number, pieces, read_turns, stops_list, words
+
+AUTH_HEADER = b"x-goog-api-key"
+OVERLOADED = 429
+
+_STATUS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "NOT_IMPLEMENTED", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_MESSAGES = {
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+}
+
+
+def error(status: int, message: str | None = None) -> Reply:
+    name, message = error_words(status, message, _STATUS, _MESSAGES, "INTERNAL", "FAILED_PRECONDITION")
+    err = {"code": status, "message": message, "status": name}
+    return Reply(status, orjson.dumps({"error": err}))
+
+
+def _key(req: Request) -> str:
+    key = req.headers.get(b"x-goog-api-key")
+    if key:
+        return key.decode("latin-1")
+    if "key=" in req.query:
+        return parse_qs(req.query).get("key", [""])[0]
+    return ""
+
+
+def _auth(req: Request, s: Settings) -> Reply | None:
+    key = _key(req)
+    if not key:
+        return error(
+            403,
+            "Method doesn't allow unregistered callers (callers without established identity). "
+            "Please use API key or other form of API consumer identity to call this API.",
+        )
+    if s.api_key is not None and key != s.api_key:
+        return error(400, "API key not valid. Please pass a valid API key.")
+    return None
+
+
+_endpoint = endpoint(_auth, lambda exc: error(400, exc.message))
+
+
+def _text(content: object, where: str) -> str:
+    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+        raise Invalid(f"* GenerateContentRequest.{where}.parts: contents.parts must not be empty.")
+    return " ".join(p["text"] for p in content["parts"] if isinstance(p, dict) and isinstance(p.get("text"), str))
+
+
+def _turn(i: int, c: object) -> tuple[str, str]:
+    role = c.get("role", "user") if isinstance(c, dict) else None
+    if role not in ("user", "model"):
+        raise Invalid(f"Please use a valid role: user, model. (contents[{i}].role = {role!r})")
+    return role, _text(c, f"contents[{i}]")
+
+
+_FINISH = {"end": "STOP", "stop_sequence": "STOP", "length": "MAX_TOKENS"}
+
+
+@_endpoint
+def generate(req: Request, s: Settings, model: str, stream: bool) -> Reply:
+    body = json_object(req.body)
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise Invalid("* GenerateContentRequest.contents: contents is not specified")
+    prompt = 0
+    system = body.get("systemInstruction", body.get("system_instruction"))
+    if system is not None:
+        prompt += words(_text(system, "system_instruction"))
+    prompt, last_user = read_turns(contents, _turn, prompt)
+    config = body.get("generationConfig", body.get("generation_config")) or {}
+    if not isinstance(config, dict):
+        raise Invalid("generationConfig must be an object")
+    max_tokens = opt_int(config, "maxOutputTokens")
+    if max_tokens is None:
+        max_tokens = opt_int(config, "max_output_tokens")
+    count = opt_int(config, "candidateCount", 1, 8) or opt_int(config, "candidate_count", 1, 8) or 1
+    opt_number(config, "temperature", 0, 2)
+    opt_number(config, "topP", 0, 1)
+    stops = stops_list(config.get("stopSequences", config.get("stop_sequences")), "stopSequences", 5)
+
+    a = answer("google", last_user, s.response_tokens, max_tokens, stops)
+    finish = _FINISH[a.end]
+    usage = {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": a.tokens * count,
+        "totalTokenCount": prompt + a.tokens * count,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+    }
+    rid = new_id("sim")
+    if not stream:
+        candidates = [
+            {"content": {"parts": [{"text": a.text}], "role": "model"}, "finishReason": finish, "index": i} for i in range(count)
+        ]
+        doc = {"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": rid}
+        return Reply(200, orjson.dumps(doc))
+
+    # Every response but the last is the same template around one text piece.
+    parts = pieces(a.text, s.chunk_tokens)
+    end = b'],"modelVersion":' + orjson.dumps(model) + b',"responseId":"' + rid.encode() + b'"}'
+    pre = b'{"content":{"parts":[{"text":'
+    posts = [b'}],"role":"model"},"index":%d}' % i for i in range(count)]
+    texts = map(orjson.dumps, parts[:-1])
+    if count == 1:
+        start, finish_doc = b'{"candidates":[' + pre, posts[0] + end
+        docs = [start + t + finish_doc for t in texts]
+    else:
+        docs = [b'{"candidates":[' + b",".join([pre + t + post for post in posts]) + end for t in texts]
+    candidates = [
+        {"content": {"parts": [{"text": parts[-1]}], "role": "model"}, "finishReason": finish, "index": i} for i in range(count)
+    ]
+    docs.append(orjson.dumps({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": rid}))
+    if "alt=sse" not in req.query:
+        # Without alt=sse Google streams one JSON array; clients read it whole.
+        return Reply(200, b"[" + b",\r\n".join(docs) + b"]")
+    return Reply(200, frames=[b"data: " + d + b"\r\n\r\n" for d in docs], content_type=SSE)
+
+
+@_endpoint
+def models(req: Request, s: Settings) -> Reply:
+    names = ("gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro")
+    listed = [
+        {
+            "name": f"models/{m}",
+            "version": "001",
+            "displayName": m,
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 8192,
+            "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+        }
+        for m in names
+    ]
+    return Reply(200, orjson.dumps({"models": listed}))
+
+
+ROUTES = {(b"GET", "/v1beta/models"): models}
+_MODEL_PATHS = ("/v1beta/models/", "/v1/models/")
+
+
+def match(req: Request) -> Handler | None:
+    """``POST /v1beta/models/MODEL:generateContent`` (or ``:streamGenerateContent``): the model is in the path."""
+    if req.method == b"POST" and req.path.startswith(_MODEL_PATHS):
+        model, _, method = req.path.split("/models/", 1)[1].rpartition(":")
+        if model and method in ("generateContent", "streamGenerateContent"):
+            stream = method == "streamGenerateContent"
+            return lambda r, s: generate(r, s, model, stream)
+    return None
