@@ -23,7 +23,7 @@ from gateway.config import PROVIDERS as CONFIG_PROVIDERS
 from gateway.config import load_settings
 from gateway.providers import ADAPTERS, PROVIDERS, get_adapter
 from gateway.providers.base import Deployment
-from gateway.routing.resolve import Models, equivalent_model, provider_for
+from gateway.routing.resolve import Snapshot, equivalent_model, provider_for
 from gateway.simulator import PROVIDERS as SIMULATED
 from gateway.simulator import Simulator, SimulatorProcess
 from gateway.simulator.wire import Request
@@ -73,7 +73,7 @@ def test_settings_read_the_entry(name):
     got = s.providers[name]
     assert (got.api_key, got.base_url, got.transport) == ("k-1", "http://127.0.0.1:9/x", "httpx")
     assert s.configured_providers == [name]
-    models = Models(s, {}, lambda group, register: group)
+    models = Snapshot(s, {}, lambda group, register: group)
     assert [m for m in models.model_names()] == list(p.catalogue)
     d = models.resolve(p.catalogue[0]).deployments
     assert [(x.provider, x.base_url, x.api_key) for x in d] == [(name, "http://127.0.0.1:9/x", "k-1")]
@@ -154,10 +154,10 @@ def test_a_new_provider_is_one_registry_entry():
         registry.ADAPTERS["acme"] = acme.adapter
 
         from gateway.config import load_settings
-        from gateway.routing.resolve import Models
+        from gateway.routing.resolve import Snapshot
         from gateway.simulator import Simulator
         s = load_settings({"ACME_API_KEY": "k", "OPENAI_API_KEY": "o", "GATEWAY_IMPLICIT_FALLBACK": "true"})
-        models = Models(s, {}, lambda group, register: group)
+        models = Snapshot(s, {}, lambda group, register: group)
         print([d.name for d in models.resolve("acme-1").deployments])
         print([d.name for d in models.resolve("gpt-4o-mini").deployments])
         print(s.providers["acme"].base_url, "acme-1" in models.model_names())
