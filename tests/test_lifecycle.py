@@ -245,3 +245,21 @@ async def test_streamed_cache_hits_carry_x_cache_even_when_a_ping_goes_first(sim
         await app.cache.close()
         await app.router.close()
 
+
+
+def test_request_ids_are_unique_within_and_across_forked_workers():
+    import os
+
+    from gateway.http.chat import request_id
+
+    ids = {request_id(None) for _ in range(1000)}
+    assert len(ids) == 1000
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a Granian worker is a fork of the process that imported the app
+        os.write(w, request_id(None).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 100).decode()
+    assert child not in ids and child[:20] != next(iter(ids))[:20]
+    assert request_id("client-given-id") == "client-given-id"
