@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.auth import ApiKey
+from gateway.config import ModelGroup
 from gateway.errors import invalid
 from gateway.pipeline.outcome import Outcome
 
@@ -30,7 +31,7 @@ class ChatRequest:
     headers: dict[str, str]  # lower-cased names; controls such as Cache-Control
     started: float  # time.perf_counter() when the request arrived
     deadline: float  # event-loop time by which the answer must be complete
-    group: Any = None  # the resolved model group (config.ModelGroup), bound to the snapshot admitted under
+    group: ModelGroup | None = None  # the resolved group, bound to the snapshot admitted under
     outcome: Outcome = None  # type: ignore[assignment]  # what happened, filled in by every stage
     default_timeout: float = 30.0  # REQUEST_TIMEOUT_SECONDS of the snapshot admitted under (set by admission)
     cache_controls: Any = None  # the cache headers, validated at admission (None: no cache)

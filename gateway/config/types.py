@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth import ApiKey
 from gateway.providers.base import Deployment
+
+if TYPE_CHECKING:
+    from gateway.cache import CacheConfig
+    from gateway.routing.plan import Plan
 
 
 class ConfigError(Exception):
@@ -61,7 +65,7 @@ class ModelGroup:
     # Resilience knobs read by the router; defaults suit most groups.
     options: dict[str, Any] = field(default_factory=dict)
     policy: RoutePolicy = field(default_factory=RoutePolicy)
-    plan: Any = field(default=None, repr=False, compare=False)  # the router's runtime state for this group
+    plan: "Plan | None" = field(default=None, repr=False, compare=False)  # the router's runtime state for this group
 
 
 @dataclass(slots=True)
@@ -91,7 +95,7 @@ class Settings:
     cache_ttl_seconds: int = 3600
     semantic_threshold: float = 0.85
     cache: dict[str, Any] = field(default_factory=dict)  # the TOML [cache] table
-    cache_config: Any = None  # gateway.cache.CacheConfig, built from the above
+    cache_config: "CacheConfig | None" = None  # built from the above
     # Limits
     rate_limit_requests_per_minute: int = 60
     rate_limit_burst: int = 100

@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 from time import perf_counter
 from typing import AsyncIterator
 
+from starlette.types import Receive, Scope, Send
+
 from gateway import reload as reloading
 from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
@@ -92,7 +94,7 @@ class Gateway:
 
     # --- dispatch ---------------------------------------------------------------------
 
-    async def __call__(self, scope: dict, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.web(scope, receive, send)  # lifespan
             return
@@ -116,7 +118,7 @@ class Gateway:
             self.finish.run(None, outcome)
 
 
-def _header(scope: dict, name: bytes) -> str | None:
+def _header(scope: Scope, name: bytes) -> str | None:
     for k, v in scope["headers"]:
         if k == name:
             return v.decode("latin-1")

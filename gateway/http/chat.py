@@ -12,6 +12,8 @@ from time import perf_counter
 
 import orjson
 
+from starlette.types import Receive, Scope, Send
+
 from gateway.errors import GatewayError
 from gateway.http import headers
 from gateway.http.relay import ClientGone, Relay, Watch
@@ -23,7 +25,7 @@ ROUTE = "/v1/chat/completions"
 PATHS = frozenset({ROUTE, "/chat/completions"})
 
 
-def scope_headers(scope: dict) -> dict[str, str]:
+def scope_headers(scope: Scope) -> dict[str, str]:
     """ASGI headers as a dict of str (names are already lower-case in ASGI)."""
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -55,7 +57,7 @@ class HTTPSurface:
 
     __slots__ = ("send", "outcome", "started")
 
-    def __init__(self, send, outcome: Outcome) -> None:
+    def __init__(self, send: Send, outcome: Outcome) -> None:
         self.send = send
         self.outcome = outcome
         self.started = False
@@ -94,7 +96,7 @@ class HTTPSurface:
         await self.send({"type": "http.response.body", "body": err.body()})
 
 
-def body_reader(receive, content_length: str | None):
+def body_reader(receive: Receive, content_length: str | None):
     """``read_body(limit)`` for admission: the whole body, a 413 past the limit, ClientGone on a disconnect."""
 
     async def read(limit: int) -> bytes:
@@ -132,7 +134,7 @@ def body_reader(receive, content_length: str | None):
     return read
 
 
-async def handle(gateway, scope: dict, receive, send) -> None:
+async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
     hdrs = scope_headers(scope)
     outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=ROUTE, method=scope["method"])
     surface = HTTPSurface(send, outcome)
