@@ -10,10 +10,10 @@ import time
 
 import orjson
 
+from gateway import shapes
 from gateway.errors import GatewayError, invalid, upstream_error
 from gateway.providers.base import StreamState
 
-CHUNK = "chat.completion.chunk"
 
 # Parameters the OpenAI adapter passes through but the translating adapters
 # cannot honour yet. Each changes what the client gets back, so dropping them
@@ -144,33 +144,15 @@ def usage(prompt: int, completion: int, total: int | None = None) -> dict:
 
 
 def completion(id: str, model: str, choices: list[dict], usage: dict) -> dict:
-    return {
-        "id": id,
-        "object": "chat.completion",
-        "created": now(),
-        "model": model,
-        "choices": choices,
-        "usage": usage,
-    }
+    return shapes.completion(id, now(), model, choices, usage)
 
 
 def choice(index: int, content: str, finish_reason: str | None) -> dict:
-    return {
-        "index": index,
-        "message": {"role": "assistant", "content": content},
-        "finish_reason": finish_reason,
-        "logprobs": None,
-    }
+    return shapes.choice(index, content, finish_reason)
 
 
 def chunk(state: StreamState, delta: dict, finish_reason: str | None = None, index: int = 0) -> dict:
-    return {
-        "id": state.id,
-        "object": CHUNK,
-        "created": state.created,
-        "model": state.model,
-        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-    }
+    return shapes.chunk(state.id, state.created, state.model, delta, finish_reason, index)
 
 
 def role_chunk(state: StreamState, index: int = 0) -> dict:
