@@ -27,7 +27,7 @@ DEFAULT_BASE_URLS = {
 DEFAULT_API_KEY = "test-key-123"  # the spec's load tests use it; only when no key is configured
 ENVIRONMENTS = ("development", "staging", "production", "test")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-TRANSPORTS = ("aiohttp", "httpx")
+TRANSPORTS = ("aiohttp", "httpx", "reqwest")
 STRATEGIES = ("weighted", "latency", "priority")
 
 
@@ -103,6 +103,7 @@ class Settings:
     # Providers
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     transport: str = "aiohttp"
+    upstream_ca_bundle: str | None = None  # PEM file of extra CAs trusted for upstream TLS
     simulated: bool = False  # True when serving against the embedded simulator
     models: dict[str, ModelGroup] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
@@ -186,6 +187,13 @@ def _str(name: str, raw: Any) -> str:
     return raw.strip()
 
 
+def _file(name: str, raw: Any) -> str:
+    path = _str(name, raw)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{name}: file not found: {path}")
+    return path
+
+
 def _bool(name: str, raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
@@ -209,6 +217,7 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", lambda n, v: _int(n, v, 1024, 1 << 30)),
     "GATEWAY_STREAM_PING_SECONDS": ("stream_ping_seconds", lambda n, v: _float(n, v, 0, 3600, lo_open=True)),
     "GATEWAY_TRANSPORT": ("transport", lambda n, v: _choice(n, v, TRANSPORTS)),
+    "UPSTREAM_CA_BUNDLE": ("upstream_ca_bundle", _file),
     "REDIS_URL": ("redis_url", lambda n, v: _url(n, v, ("redis", "rediss", "unix"))),
     "CACHE_TTL_SECONDS": ("cache_ttl_seconds", lambda n, v: _int(n, v, 1, 10 * 365 * 86_400)),
     "SEMANTIC_THRESHOLD": ("semantic_threshold", lambda n, v: _float(n, v, 0, 1, lo_open=True)),
