@@ -1,7 +1,14 @@
 #!/usr/bin/env python
 """Gateway benchmark: the gateway against the provider simulator, and the simulator alone, in one run.
 
-    python benchmarks/gateway_bench.py [--duration 10] [--quick] [--transport aiohttp|httpx|both] [--no-bare] [--json out.json]
+    python benchmarks/gateway_bench.py [--duration 10] [--quick] [--transport aiohttp,httpx,reqwest|both|all]
+        [--bare-clients aiohttp,reqwest] [--floors-everywhere] [--tls] [--no-bare] [--json out.json]
+
+Issue 16's rows (every transport beside the same run's direct, constant-JSON and bare-forwarder rows),
+over plain HTTP/1.1 and then over TLS + HTTP/2 (nginx in front of the simulator):
+
+    python benchmarks/gateway_bench.py --transport all --bare-clients aiohttp,reqwest --floors-everywhere \
+        --duration 8 --latency-connections 10 --ttfb-connections 10 [--tls]
 
 What it does, all on 127.0.0.1 and bounded in time (it stops by itself):
 
@@ -302,11 +309,14 @@ class ServerProcess:
 class GatewayProcess(ServerProcess):
     """``gateway serve`` with one Granian worker, pinned to one core, against the simulator."""
 
-    def __init__(self, transport: str, sim_base: str, cpu: int | None, workers: int = 1) -> None:
+    def __init__(
+        self, transport: str, sim_base: str, cpu: int | None, workers: int = 1, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.name = f"gateway ({transport})"
         self.transport = transport
         self.sim_base = sim_base
         self.workers = workers
+        self.extra_env = extra_env or {}
         super().__init__(cpu)
 
     def command(self) -> list[str]:
@@ -330,6 +340,7 @@ class GatewayProcess(ServerProcess):
             GOOGLE_API_KEY="x",
             GOOGLE_BASE_URL=self.sim_base,
         )
+        env.update(self.extra_env)
         return env
 
     def ready(self) -> bool:
@@ -339,27 +350,38 @@ class GatewayProcess(ServerProcess):
 
 class BareProcess(ServerProcess):
     """``benchmarks/bare_forwarder.py`` under the Granian CLI: one worker, the gateway's loop,
-    backlog and backpressure (``gateway serve`` passes WORKER_CONNECTIONS=1000 for both)."""
+    backlog and backpressure (``gateway serve`` passes WORKER_CONNECTIONS=1000 for both).
+    ``client`` is its upstream client; ``app="const"``: the constant-JSON app (no upstream)."""
 
-    def __init__(self, interface: str, sim_base: str, cpu: int | None) -> None:
-        self.name = f"bare-{interface}"
+    def __init__(
+        self, interface: str, sim_base: str, cpu: int | None, client: str = "aiohttp", app: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = bare_label(interface, client) if app is None else app
         self.interface = interface
+        self.client = client
+        self.app = app or f"{interface}_app"
         self.upstream = sim_base + CHAT_PATH
+        self.extra_env = extra_env or {}
         super().__init__(cpu)
 
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "granian", "--interface", self.interface, "--loop", "uvloop", "--workers", "1",
             "--host", "127.0.0.1", "--port", str(self.port), "--backlog", "1000", "--backpressure", "1000",
-            "--log-level", "warning", "--no-access-log", f"benchmarks.bare_forwarder:{self.interface}_app",
+            "--log-level", "warning", "--no-access-log", f"benchmarks.bare_forwarder:{self.app}",
         ]
 
     def env(self) -> dict[str, str]:
-        return {**_clean_env(), "UPSTREAM": self.upstream}
+        return {**_clean_env(), "UPSTREAM": self.upstream, "CLIENT": self.client, **self.extra_env}
 
     def ready(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
             return True  # start() then sends a chat completion through it
+
+
+def bare_label(interface: str, client: str) -> str:
+    return f"bare-{interface}" + ("" if client == "aiohttp" else f"-{client}")
 
 
 def check_chat(base: str, what: str) -> None:
@@ -412,6 +434,8 @@ def run_wrk(
 
 
 async def _ttfb_load(url: str, conns: int, seconds: float) -> dict[str, Any]:
+    import ssl
+
     import aiohttp
 
     body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": PROMPT}).encode()
@@ -420,7 +444,8 @@ async def _ttfb_load(url: str, conns: int, seconds: float) -> dict[str, Any]:
     errors = 0
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    connector = aiohttp.TCPConnector(limit=conns, limit_per_host=0)
+    ca = os.environ.get("BENCH_CA_FILE")  # the TLS upstream's CA, for the direct https row
+    connector = aiohttp.TCPConnector(limit=conns, limit_per_host=0, ssl=ssl.create_default_context(cafile=ca) if ca else True)
     async with aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",)) as session:
 
         async def one_connection() -> None:
@@ -543,10 +568,16 @@ def fmt_lat(p: dict) -> str:
     return f"P50 {p['p50']:.2f} / P99 {p['p99']:.2f} ms"
 
 
-BARE_NAMES = {
-    "bare-asgi": "bare Granian+aiohttp forwarder (ASGI)",
-    "bare-rsgi": "bare Granian+aiohttp forwarder (RSGI)",
-}
+def bare_name(label: str) -> str | None:
+    """The report's name of a floor target (``bare-asgi``, ``bare-rsgi-reqwest``, ``const``), else None."""
+    if label == "const":
+        return "Granian constant JSON (ASGI, no upstream)"
+    if not label.startswith("bare-"):
+        return None
+    _, interface, *client = label.split("-")
+    return f"bare Granian+{client[0] if client else 'aiohttp'} forwarder ({interface.upper()})"
+
+
 FLOOR = "bare-asgi"  # what "gateway minus floor" subtracts: the same interface as the gateway
 
 
@@ -565,17 +596,19 @@ def build_rows(results: dict[str, Any], transports: list[str]) -> list[list[str]
     def plural(conns: int) -> str:
         return f"{conns} conn{'s' if conns > 1 else ''}"
 
-    def floor_rows(sc: dict, title: str) -> None:
+    def floor_rows(sc: dict, title: str, throughput: bool = False) -> None:
         """The bare forwarders' rows, then each gateway minus the bare ASGI forwarder."""
         n_direct = n_note(sc["runs"]["direct"])
-        for label, name in BARE_NAMES.items():
-            if label not in sc["pairs"]:
+        for label in sc["pairs"]:
+            name = bare_name(label)
+            if name is None:
                 continue
             s = sc["pairs"][label]
             rows.append([
                 f"{title}: {name}",
-                fmt_lat(s["direct_p"]) + n_direct,
-                fmt_lat(s["gateway_p"]) + n_note(sc["runs"][label]) + err_note(s),
+                f"{s['direct_rps']:,.0f} req/s" if throughput else fmt_lat(s["direct_p"]) + n_direct,
+                (f"{s['gateway_rps']:,.0f} req/s" if throughput else fmt_lat(s["gateway_p"]) + n_note(sc["runs"][label]))
+                + err_note(s),
                 fmt_ratio(s),
                 fmt_added(s),
                 "(floor: no gateway logic)",
@@ -614,6 +647,7 @@ def build_rows(results: dict[str, Any], transports: list[str]) -> list[list[str]
                 f"≥ {goal:,} req/s" if gated else "(report only)",
                 ("yes" if met else "no") if gated else "–",
             ])
+        floor_rows(results["scenarios"][key], title, throughput=True)
     for key, sc in results["scenarios"].items():
         if not key.startswith("latency"):
             continue
@@ -752,7 +786,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="3 s runs, one round, latency and TTFB at 10 conns only: a smoke test of about a minute"
     )
-    ap.add_argument("--transport", choices=("aiohttp", "httpx", "both"), default="both")
+    ap.add_argument(
+        "--transport", default="both",
+        help="comma-separated gateway transports (aiohttp, httpx, reqwest); 'both': aiohttp,httpx; 'all': the three",
+    )
+    ap.add_argument(
+        "--bare-clients", default="aiohttp",
+        help="comma-separated upstream clients of the bare forwarders (aiohttp, reqwest, httpx): an ASGI forwarder "
+        "each, and an RSGI one for aiohttp and reqwest (default aiohttp)",
+    )
+    ap.add_argument(
+        "--floors-everywhere", action="store_true",
+        help="the bare forwarders in the throughput scenarios too, and a constant-JSON Granian app in the non-streaming one",
+    )
+    ap.add_argument(
+        "--tls", action="store_true",
+        help="upstream over TLS + HTTP/2: nginx (benchmarks/tls_upstream.py) in front of the simulator, its CA "
+        "trusted through UPSTREAM_CA_BUNDLE; the direct rows go through nginx too",
+    )
     ap.add_argument("--connections", type=int, default=50, help="connections for the throughput scenarios")
     ap.add_argument(
         "--latency-connections",
@@ -789,7 +840,12 @@ def main(argv: list[str] | None = None) -> int:
     ttfb_seconds = max(2.0, duration / 2)
     gw_cpu = None if args.no_pin else args.gateway_cpu
     load_cpu = None if args.no_pin else args.load_cpu
-    transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
+    named = {"both": "aiohttp,httpx", "all": "aiohttp,httpx,reqwest"}.get(args.transport, args.transport)
+    transports = [t.strip() for t in named.split(",") if t.strip()]
+    bare_clients = [c.strip() for c in args.bare_clients.split(",") if c.strip()]
+    for t in transports + bare_clients:
+        if t not in ("aiohttp", "httpx", "reqwest"):
+            ap.error(f"unknown transport/client {t!r}")
     only = {s.strip() for s in args.only.split(",") if s.strip()}
 
     def conns_list(given: str | None) -> list[int]:
@@ -797,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lat_conns = conns_list(args.latency_connections)
     ttfb_conns = conns_list(args.ttfb_connections)
-    bare = args.bare and bool(only & {"latency", "ttfb"})
+    bare = args.bare and (bool(only & {"latency", "ttfb"}) or args.floors_everywhere)
     preflight(gw_cpu, load_cpu)
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})  # this process runs the TTFB client and samples /proc
@@ -820,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
             "gateway_cpu": gw_cpu,
             "load_cpu": load_cpu,
             "transports": transports,
+            "bare_clients": bare_clients,
+            "tls": args.tls,
             "python": platform.python_version(),
             "granian": granian.__version__,
             "host": platform.node(),
@@ -832,22 +890,42 @@ def main(argv: list[str] | None = None) -> int:
     sim = SimulatorProcess({"*": {"latency_ms": 0, "response_tokens": 30, "chunk_tokens": 1}}, cpu=load_cpu)
     gateways: dict[str, GatewayProcess] = {}
     bares: dict[str, BareProcess] = {}
+    const: BareProcess | None = None
+    nginx = None
     try:
         sim.start()
         check_chat(sim.openai_base_url.removesuffix("/v1"), "simulator")
+        upstream, trust = sim.base_url, {}
+        if args.tls:
+            from benchmarks.tls_upstream import NginxTLS
+
+            nginx = NginxTLS(int(sim.base_url.rsplit(":", 1)[1]), load_cpu).start()
+            upstream = nginx.base_url
+            # SSL_CERT_FILE as well: until the router passes settings.upstream_ca_bundle to make_transport(),
+            # the gateway's clients find the CA through their default trust stores (all three read it).
+            trust = {"UPSTREAM_CA_BUNDLE": nginx.ca_file, "SSL_CERT_FILE": nginx.ca_file}
+            os.environ["BENCH_CA_FILE"] = nginx.ca_file
+            log(f"nginx TLS + HTTP/2 on {upstream} in front of the simulator")
         for t in transports:
-            gateways[t] = GatewayProcess(t, sim.base_url, gw_cpu).start()
+            gateways[t] = GatewayProcess(t, upstream, gw_cpu, extra_env=trust).start()
             log(f"gateway {t} on {gateways[t].url}, workers {gateways[t].worker_pids()}")
         if bare:
-            for interface in ("asgi", "rsgi"):
-                b = bares[f"bare-{interface}"] = BareProcess(interface, sim.base_url, gw_cpu).start()
-                log(f"bare forwarder {interface} on {b.url}, workers {b.worker_pids()}")
-        targets = [("direct", sim.base_url)] + [(t, gateways[t].url) for t in transports]
-        servers = [*gateways.values(), *bares.values()]
+            for client in bare_clients:
+                for interface in ("asgi", "rsgi") if client != "httpx" else ("asgi",):
+                    label = bare_label(interface, client)
+                    b = bares[label] = BareProcess(interface, upstream, gw_cpu, client, extra_env=trust).start()
+                    log(f"bare forwarder {label} on {b.url}, workers {b.worker_pids()}")
+        if args.floors_everywhere:
+            const = BareProcess("asgi", upstream, gw_cpu, app="const_app").start()
+            const.name = "const"
+        direct = upstream if args.tls else sim.base_url
+        targets = [("direct", direct)] + [(t, gateways[t].url) for t in transports]
+        servers = [*gateways.values(), *bares.values(), *([const] if const else [])]
         our_pids = [pid for srv in servers if srv.proc is not None for pid in (srv.proc.pid, *srv.worker_pids())]
         # Latency: both forwarders. Time to first chunk: the ASGI one (the gateway's interface) as the floor.
         lat_targets = targets + [(label, b.url) for label, b in bares.items()]
-        ttfb_targets = targets + [(label, b.url) for label, b in bares.items() if label == FLOOR]
+        ttfb_targets = targets + [(label, b.url) for label, b in bares.items() if label == FLOOR or args.floors_everywhere]
+        floors = [(label, b.url) for label, b in bares.items()] if args.floors_everywhere else []
 
         def summarize(runs: dict[str, list[dict]], conns: int | None = None) -> dict[str, Any]:
             out: dict[str, Any] = {
@@ -874,10 +952,11 @@ def main(argv: list[str] | None = None) -> int:
             return interleaved(key, tgts, measure, warm if warm_s > 0 else None, rounds, gw_cpu, lambda: our_pids)
 
         if "nonstream" in only:
-            runs = wrk_scenario("nonstream", CHAT_LUA, args.connections, True, targets, duration, warmup)
+            tgts = targets + floors + ([("const", const.url)] if const else [])
+            runs = wrk_scenario("nonstream", CHAT_LUA, args.connections, True, tgts, duration, warmup)
             results["scenarios"]["nonstream"] = summarize(runs)
         if "stream" in only:
-            runs = wrk_scenario("stream", STREAM_LUA, args.connections, False, targets, duration, warmup)
+            runs = wrk_scenario("stream", STREAM_LUA, args.connections, False, targets + floors, duration, warmup)
             results["scenarios"]["stream"] = summarize(runs)
         for t in transports:
             results["memory"][t] = gateways[t].memory()
@@ -906,10 +985,13 @@ def main(argv: list[str] | None = None) -> int:
         for label, b in bares.items():
             results["memory"][label] = b.memory()
     finally:
-        for server in [*gateways.values(), *bares.values()]:
+        servers = [*gateways.values(), *bares.values(), *([const] if const else [])]
+        for server in servers:
             server.terminate()
-        for server in [*gateways.values(), *bares.values()]:
+        for server in servers:
             server.stop()
+        if nginx is not None:
+            nginx.stop()
         sim.stop()
     results["elapsed_s"] = round(time.monotonic() - t_start, 1)
 

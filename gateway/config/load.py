@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from gateway.auth import ApiKey
 from gateway.config.types import ROUTE_OPTIONS, ConfigError, ModelGroup, ProviderSettings, RoutePolicy, Settings
-from gateway.config.validate import boolean, choice, integer, number, string, table, url
+from gateway.config.validate import boolean, choice, file, integer, number, string, table, url
 from gateway.providers.base import Deployment
 from gateway.providers.registry import PROVIDERS as REGISTRY
 
@@ -26,7 +26,7 @@ PROVIDERS = tuple(REGISTRY)
 DEFAULT_API_KEY = "test-key-123"  # the spec's load tests use it; only when no key is configured
 ENVIRONMENTS = ("development", "staging", "production", "test")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-TRANSPORTS = ("aiohttp", "httpx")
+TRANSPORTS = ("aiohttp", "httpx", "reqwest")
 STRATEGIES = ("weighted", "latency", "priority")
 
 
@@ -42,6 +42,7 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", lambda n, v: integer(n, v, 1024, 1 << 30)),
     "GATEWAY_STREAM_PING_SECONDS": ("stream_ping_seconds", lambda n, v: number(n, v, 0, 3600, lo_open=True)),
     "GATEWAY_TRANSPORT": ("transport", lambda n, v: choice(n, v, TRANSPORTS)),
+    "UPSTREAM_CA_BUNDLE": ("upstream_ca_bundle", lambda n, v: file(n, v)),
     "REDIS_URL": ("redis_url", lambda n, v: url(n, v, ("redis", "rediss", "unix"))),
     "CACHE_TTL_SECONDS": ("cache_ttl_seconds", lambda n, v: integer(n, v, 1, 10 * 365 * 86_400)),
     "SEMANTIC_THRESHOLD": ("semantic_threshold", lambda n, v: number(n, v, 0, 1, lo_open=True)),

@@ -85,6 +85,7 @@ class Settings:
     # Providers
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     transport: str = "aiohttp"
+    upstream_ca_bundle: str | None = None  # PEM file of extra CAs trusted for upstream TLS
     simulated: bool = False  # True when serving against the embedded simulator
     models: dict[str, ModelGroup] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)

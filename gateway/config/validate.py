@@ -11,6 +11,8 @@ settings' checks built on them: each raises ``ConfigError`` naming the setting.
 
 from __future__ import annotations
 
+import os
+
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -137,3 +139,11 @@ def table(name: str, raw: Any) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected a table")
     return raw
+
+
+def file(name: str, raw: Any) -> str:
+    """A path to a file that exists (a CA bundle, say)."""
+    path = string(name, raw)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{name}: file not found: {path}")
+    return path

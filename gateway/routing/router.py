@@ -72,8 +72,8 @@ def _stalled(d: Deployment) -> GatewayError:
 class Router:
     def __init__(self, settings: Settings) -> None:
         self.transports: dict[tuple[str, str], Transport] = {}
-        # Pool sizes are fixed for the process's life (a reload does not resize live pools).
-        self._pool = (settings.worker_connections, settings.keepalive_timeout)
+        # Pool sizes and trusted CAs are fixed for the process's life (a reload does not rebuild live pools).
+        self._pool = (settings.worker_connections, settings.keepalive_timeout, settings.upstream_ca_bundle)
         self._health: dict[tuple, Health] = {}
         self._previous: dict[tuple, Health] = {}  # during a reload: the health to carry over
         # Groups with hang detection, checked by a timer too, so a hang is found without new traffic.

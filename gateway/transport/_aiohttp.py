@@ -1,0 +1,125 @@
+"""aiohttp: the HTTP/1.1 keep-alive pool (the default; see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import AsyncIterator
+
+import aiohttp
+
+from gateway.errors import GatewayError
+from gateway.providers.base import UpstreamRequest
+from gateway.transport._base import retry_after_seconds, ssl_context, timed_out, unreachable
+
+
+class _AiohttpStream:
+    __slots__ = ("_resp", "status", "retry_after", "_url", "_idle")
+
+    def __init__(self, resp: aiohttp.ClientResponse, url: str, idle: float) -> None:
+        self._resp = resp
+        self._url = url
+        self._idle = idle
+        self.status = resp.status
+        self.retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return b""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._resp.content
+        try:
+            while True:
+                # readany returns whatever has arrived: relays chunks as they come, never buffers.
+                data = await content.readany()
+                if not data:
+                    return
+                yield data
+        except asyncio.TimeoutError:
+            raise timed_out(self._url, self._idle) from None
+        except aiohttp.ClientError as exc:
+            raise unreachable(self._url, f"stream broke: {exc.__class__.__name__}") from None
+
+    async def close(self) -> None:
+        # Closing (not releasing) drops the connection, which cancels the upstream generation.
+        self._resp.close()
+
+
+class AiohttpTransport:
+    def __init__(self, max_connections: int, keepalive_timeout: float, ca_bundle: str | None = None) -> None:
+        self._limit = max_connections
+        self._keepalive = keepalive_timeout
+        self._ssl: ssl.SSLContext | bool = ssl_context(ca_bundle) or True
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit,
+                limit_per_host=0,
+                keepalive_timeout=self._keepalive,
+                ttl_dns_cache=300,
+                ssl=self._ssl,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",), raise_for_status=False
+            )
+        return self._session
+
+    def _timeout(self, seconds: float, stream: bool) -> aiohttp.ClientTimeout:
+        # Rounded so a handful of objects are reused instead of one per request.
+        key = round(seconds, 1) if not stream else -round(seconds, 1)
+        t = self._timeouts.get(key)
+        if t is None:
+            if len(self._timeouts) > 4096:
+                self._timeouts.clear()
+            secs = max(abs(key), 0.05)
+            # A stream's deadline covers time to headers; after that each read may idle that long.
+            t = aiohttp.ClientTimeout(total=None, connect=secs, sock_read=secs) if stream else aiohttp.ClientTimeout(total=secs)
+            self._timeouts[key] = t
+        return t
+
+    async def send(self, req: UpstreamRequest, timeout: float) -> tuple[int, bytes, float | None]:
+        try:
+            async with self.session.request(
+                req.method, req.url, data=req.body, headers=req.headers, timeout=self._timeout(timeout, False)
+            ) as resp:
+                body = await resp.read()
+                return resp.status, body, retry_after_seconds(resp.headers.get("Retry-After"))
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _failed(exc, req.url, timeout) from None
+
+    async def open(self, req: UpstreamRequest, timeout: float) -> _AiohttpStream:
+        try:
+            resp = await self.session.request(
+                req.method, req.url, data=req.body, headers=req.headers, timeout=self._timeout(timeout, True)
+            )
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _failed(exc, req.url, timeout) from None
+        return _AiohttpStream(resp, req.url, timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _failed(exc: BaseException, url: str, timeout: float) -> GatewayError:
+    if isinstance(exc, asyncio.TimeoutError):  # before OSError: it is one
+        return timed_out(url, timeout)
+    if isinstance(exc, aiohttp.ClientError):
+        return unreachable(url, _why(exc))
+    return unreachable(url, getattr(exc, "strerror", None) or exc)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.os_error.strerror or str(exc.os_error)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    return exc.__class__.__name__
