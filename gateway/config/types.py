@@ -62,8 +62,7 @@ class ModelGroup:
     name: str
     deployments: list[Deployment]
     strategy: str = "weighted"
-    # Resilience knobs read by the router; defaults suit most groups.
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the group's routing options as written; parsed into policy
     policy: RoutePolicy = field(default_factory=RoutePolicy)
     plan: "Plan | None" = field(default=None, repr=False, compare=False)  # the router's runtime state for this group
 

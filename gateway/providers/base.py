@@ -29,7 +29,7 @@ class Deployment:
     """One place a logical model can be served from."""
 
     name: str  # unique and stable, e.g. "openai:gpt-4o-mini"; used in headers, metrics, breakers
-    provider: str  # "openai" | "anthropic" | "google"
+    provider: str  # a name in the provider registry: "openai" | "anthropic" | "google"
     model: str  # the upstream model id
     base_url: str  # no trailing slash, e.g. "https://api.openai.com/v1"
     api_key: str

@@ -1,7 +1,9 @@
-"""A provider simulator: OpenAI, Anthropic and Google Gemini wire formats on one HTTP/1.1 port.
+"""A provider simulator: every registered provider's wire format on one HTTP/1.1 port.
 
 The gateway's tests, benchmarks and embedded default talk to it over real HTTP
-on 127.0.0.1. Base URLs: OpenAI ``http://HOST:PORT/v1``, Anthropic and Google
+on 127.0.0.1. Each provider's wire format lives in its folder
+(``gateway/providers/NAME/simulated.py``) and is served at its real API's path:
+base URLs are OpenAI ``http://HOST:PORT/v1``, Anthropic and Google
 ``http://HOST:PORT``. Behaviour (latency, streaming pace, errors, outages) is
 set per provider at run time through ``/_sim/config``, served on the main port
 and on a separate admin port (which stays up while the main port refuses).

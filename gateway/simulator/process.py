@@ -146,15 +146,15 @@ class SimulatorProcess:
 
     @property
     def openai_base_url(self) -> str:
-        return f"{self.base_url}/v1"
+        return self.base_url_for("openai")
 
     @property
     def anthropic_base_url(self) -> str:
-        return self.base_url
+        return self.base_url_for("anthropic")
 
     @property
     def google_base_url(self) -> str:
-        return self.base_url
+        return self.base_url_for("google")
 
     def base_url_for(self, provider: str) -> str:
         """The base URL a gateway deployment of ``provider`` should use: its real API's path, here."""

@@ -20,23 +20,9 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.providers.base import Deployment, StreamState, UpstreamRequest
-from gateway.providers.common import (
-    bad_upstream,
-    choice,
-    chunk,
-    completion,
-    error_details,
-    load_object,
-    map_status,
-    max_tokens,
-    new_id,
-    now,
-    reject_unsupported,
-    role_chunk,
-    split_messages,
-    stop_list,
-    usage,
-)
+from gateway.providers.common import bad_upstream, choice, chunk, completion, error_details, load_object, map_status
+from gateway.providers.common import max_tokens, new_id, now, reject_unsupported, role_chunk, split_messages
+from gateway.providers.common import stop_list, usage
 
 LABEL = "Google"
 
