@@ -8,6 +8,7 @@ offending parameter instead of a provider error or a 500.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -30,6 +31,7 @@ class ChatRequest:
     deadline: float  # event-loop time by which the answer must be complete
     # Filled in as the request moves on; read by headers, usage and metrics.
     upstream_seconds: float = 0.0
+    cache_state: Any = None  # the cache's LookupState: what lookup learnt, for store
     meta: dict = field(default_factory=dict)
 
 
