@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     gb.preflight(gw_cpu, load_cpu)
     os.sched_setaffinity(0, {load_cpu})
 
-    from gateway.cache.core import CacheConfig
+    from gateway.cache import CacheConfig
     from gateway.simulator import SimulatorProcess
 
     max_pending = CacheConfig().max_pending_verifications

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from gateway.cache import Cache, CacheConfig, replay_chunks
+from gateway.cache import Cache, CacheConfig, Controls, parse_controls, replay_chunks
 from gateway.cache.embed import HashEmbedder
 from gateway.errors import GatewayError
 from tests.test_cache_helpers import chat, completion, config, lookup, store
@@ -135,6 +135,37 @@ async def test_controls(cache):
     assert cache.stats()["bypasses"] == 3
 
 
+def test_parse_controls_is_pure_and_raises_the_lookups_400s():
+    """Admission validates the cache headers before the cache runs, with the errors lookup gives."""
+    ctl = parse_controls({"cache-control": "No-Cache", "x-gateway-cache-ttl": " 60 ", "x-gateway-cache-namespace": "t-1"})
+    assert ctl == Controls(no_cache=True, no_store=False, ttl=60, tenant="t-1")
+    assert parse_controls({}) == Controls(False, False, None, "default")
+    assert parse_controls({"cache-control": "max-age=0, no-store"}) == Controls(True, True, None, "default")
+    for headers, code in (({"x-gateway-cache-ttl": "soon"}, "invalid_cache_ttl"),
+                          ({"x-gateway-cache-ttl": "0"}, "invalid_cache_ttl"),
+                          ({"x-gateway-cache-ttl": "61"}, "invalid_cache_ttl"),
+                          ({"x-gateway-cache-namespace": "a/b"}, "invalid_cache_namespace")):
+        with pytest.raises(GatewayError) as e:
+            parse_controls(headers, max_ttl_seconds=60)
+        assert e.value.status == 400 and e.value.code == code
+
+
+async def test_lookup_uses_the_controls_admission_parsed(cache):
+    await store(cache, "What is 5+5?", "10")
+    # The headers say nothing: the given controls decide (bypass, and a tenant of their own).
+    assert (await cache.lookup(chat("What is 5+5?"), Controls(True, False, None, "default"))).status == "bypass"
+    req = chat("What is 5+5?")
+    assert (await cache.lookup(req, Controls(False, False, 30, "other"))).status == "miss"
+    cache.store(req, completion("10"))
+    await cache.drain()
+    assert (await lookup(cache, "What is 5+5?", headers={"x-gateway-cache-namespace": "other"})).status == "hit"
+    # A TTL past this cache's own bound is refused even when admission parsed it with the default bound.
+    small = Cache(config(ttl_seconds=10, max_ttl_seconds=100), None)
+    with pytest.raises(GatewayError) as e:
+        await small.lookup(chat("q"), parse_controls({"x-gateway-cache-ttl": "1000"}))
+    assert e.value.status == 400 and e.value.code == "invalid_cache_ttl"
+
+
 async def test_non_deterministic_requests_are_not_cached(cache):
     for kw in ({"temperature": 1.5}, {"n": 2}, {"tools": [{"type": "function", "function": {"name": "f"}}]}):
         req = chat("Tell me a story.", **kw)
@@ -243,11 +274,11 @@ async def test_flush_namespace_locally(cache):
 
 async def test_a_miss_does_not_analyse_its_candidates(cache, monkeypatch):
     """Entries are analysed when stored: a lookup analyses only its own prompt (cold misses stay cheap)."""
-    import gateway.cache.core as core
+    import gateway.cache.semantic as core
 
     for q in ("Convert Fahrenheit to Celsius", "Please convert Fahrenheit to Celsius", "Convert the Fahrenheit to Celsius"):
         await store(cache, q, "C = (F - 32) / 1.8", headers={"cache-control": "no-cache"})  # stored, not looked up
-    assert all(e.analysis is not None for e in cache._entries.values())
+    assert all(e.analysis is not None for e in cache.entries.by_key.values())
     calls = []
     real = core.analyse
     monkeypatch.setattr(core, "analyse", lambda text: calls.append(text) or real(text))
@@ -260,7 +291,7 @@ async def test_a_miss_does_not_analyse_its_candidates(cache, monkeypatch):
     calls.clear()
     cache.store(req, completion("99"))
     await cache.drain()
-    assert calls == [] and cache._entries[req.cache_state.view.exact].analysis is not None
+    assert calls == [] and cache.entries.by_key[req.cache_state.view.exact].analysis is not None
 
 
 async def test_entry_memory_is_small():
@@ -297,7 +328,7 @@ async def test_entry_analyses_are_not_tracked_by_the_garbage_collector(cache):
     await store(cache, "What does `os.path.join` do?", "Joins paths.")
     for _ in range(3):  # a tuple is untracked once the tuples in it are: one level a collection, three here
         gc.collect()
-    for e in cache._entries.values():
+    for e in cache.entries.by_key.values():
         assert e.analysis is not None and not gc.is_tracked(e.analysis)
 
 
@@ -307,7 +338,7 @@ async def test_a_failing_verifier_gives_a_miss_not_an_error(cache):
     def broken(text):
         raise RuntimeError("model exploded")
 
-    cache._verifier.windows = broken
+    cache.semantic.verifier.windows = broken
     assert (await lookup(cache, "How can I reverse a list in Python?")).status == "miss"
     assert cache.stats()["verify_errors"] == 1
 
@@ -398,7 +429,7 @@ async def test_very_long_prompts_use_the_exact_tier_only():
         await store(c, long, "A summary.")
         assert (await lookup(c, long)).status == "hit"
         assert (await lookup(c, long.replace("Summarise", "Summarize"))).status == "miss"
-        e = next(iter(c._entries.values()))
+        e = next(iter(c.entries.by_key.values()))
         assert e.scope is None and e.analysis is None and c.stats()["index"]["vectors"] == 0
     finally:
         await c.close()
@@ -419,7 +450,7 @@ async def test_verifier_state_is_in_the_stats(tmp_path):
 
     broken = Cache(config(), None)
     (tmp_path / "model.onnx").write_bytes(b"not a model")
-    broken._verifier = MiniLMVerifier(model_path=str(tmp_path / "model.onnx"))
+    broken.semantic.verifier = MiniLMVerifier(model_path=str(tmp_path / "model.onnx"))
     await broken.start()
     try:
         err, _ = await eventually(lambda: broken.stats()["verifier"]["error"], timeout=30)
@@ -432,7 +463,7 @@ async def test_verifier_state_is_in_the_stats(tmp_path):
 
 
 async def test_a_failing_analysis_gives_a_miss_and_keeps_exact_hits(cache, monkeypatch):
-    import gateway.cache.core as core
+    import gateway.cache.semantic as core
 
     await store(cache, "How do I reverse a list in Python?", "reversed()")
 
@@ -448,13 +479,13 @@ async def test_a_failing_analysis_gives_a_miss_and_keeps_exact_hits(cache, monke
 
 async def test_a_crowded_content_key_keeps_only_its_newest_entries(cache):
     """Prompts with no content words share one key: a lookup checks a bounded number of them."""
-    from gateway.cache.core import KEY_CANDIDATES
+    from gateway.cache.entries import KEY_CANDIDATES
 
     greetings = [("hi " * n).strip() + "!" for n in range(1, 41)]
     for g in greetings:
         await store(cache, g, "Hello!", headers={"cache-control": "no-cache"})
     assert cache.stats()["entries"] == 40 and cache.stats()["index"]["content_keys"] == 1
-    assert len(next(iter(cache._by_ckey.values()))) == KEY_CANDIDATES
-    newest = {cache._entries[k].label for k in list(cache._entries)[-KEY_CANDIDATES:]}
-    assert set(next(iter(cache._by_ckey.values()))) == newest
+    assert len(next(iter(cache.entries.by_ckey.values()))) == KEY_CANDIDATES
+    newest = {cache.entries.by_key[k].label for k in list(cache.entries.by_key)[-KEY_CANDIDATES:]}
+    assert set(next(iter(cache.entries.by_ckey.values()))) == newest
     assert (await lookup(cache, greetings[0])).status == "hit"  # the oldest is still an exact hit

@@ -134,10 +134,10 @@ async def test_warm_start_loads_live_entries(redis_url, redis_prefix):
         assert (await lookup(b, "Expiring question?")).status == "miss"
         # The lexical analyses of loaded entries are made in the background, not by lookups.
         for _ in range(100):
-            if all(e.analysis is not None for e in b._entries.values() if e.text is not None):
+            if all(e.analysis is not None for e in b.entries.by_key.values() if e.text is not None):
                 break
             await asyncio.sleep(0.02)
-        assert all(e.analysis is not None for e in b._entries.values() if e.text is not None)
+        assert all(e.analysis is not None for e in b.entries.by_key.values() if e.text is not None)
     finally:
         await b.close()
 

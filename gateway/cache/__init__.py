@@ -2,7 +2,8 @@
 
     cache = Cache(CacheConfig.from_mapping(settings), redis_url)
     await cache.start()
-    result = await cache.lookup(req)        # CacheResult(status, response, similarity)
+    controls = parse_controls(headers)      # admission: the 400s for bad x-gateway-cache-* headers
+    result = await cache.lookup(req, controls)  # CacheResult(status, response, similarity)
     cache.store(req, completion)            # returns at once; work happens off the request path
     cache.stats(); await cache.flush(namespace)
     replay_chunks(completion)               # a hit as chat.completion.chunk dicts, for SSE replay
@@ -15,6 +16,9 @@ try:
 except ImportError:  # the minilm embedder then reports itself unavailable
     pass
 
-from gateway.cache.core import Cache, CacheConfig, CacheResult, replay_chunks
+from gateway.cache.cache import Cache, CacheResult
+from gateway.cache.config import CacheConfig
+from gateway.cache.controls import Controls, parse_controls
+from gateway.cache.replay import replay_chunks
 
-__all__ = ["Cache", "CacheConfig", "CacheResult", "replay_chunks"]
+__all__ = ["Cache", "CacheConfig", "CacheResult", "Controls", "parse_controls", "replay_chunks"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from gateway.auth import ApiKey, authenticate, check_model
+from gateway.cache.controls import parse_controls
 from gateway.errors import GatewayError, invalid
 from gateway.pipeline.outcome import Outcome
 from gateway.request import ChatRequest, parse_json, validate_chat
@@ -85,7 +86,7 @@ class Admission:
             default_timeout=snap.settings.request_timeout_seconds,
         )
         if self.cache is not None:
-            req.cache_controls = self.cache.parse_controls(headers)
+            req.cache_controls = parse_controls(headers, self.cache.config.max_ttl_seconds)
         for limiter in self.limiters:  # last: a request refused for its own mistakes costs no quota
             limiter(req)
         return req
