@@ -100,6 +100,13 @@ class Settings:
     keepalive_timeout: int = 65
     max_body_bytes: int = 1_048_576
     stream_ping_seconds: float = 10.0
+    # Hardening (README, "Limits"): a request body must arrive within this long (else a 408) ...
+    body_timeout_seconds: float = 10.0
+    # ... and at most this many bodies are read at once per worker (0: half of WORKER_CONNECTIONS), so
+    # stalled uploads cannot hold every connection slot; the excess gets a 503 at once.
+    max_body_reads: int = 0
+    max_upstream_bytes: int = 16 * 1_048_576  # a provider's non-streaming answer
+    max_event_bytes: int = 1_048_576  # one event of a provider's stream
     # Providers
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     transport: str = "aiohttp"
@@ -208,6 +215,10 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "KEEPALIVE_TIMEOUT": ("keepalive_timeout", lambda n, v: _int(n, v, 1, 86_400)),
     "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", lambda n, v: _int(n, v, 1024, 1 << 30)),
     "GATEWAY_STREAM_PING_SECONDS": ("stream_ping_seconds", lambda n, v: _float(n, v, 0, 3600, lo_open=True)),
+    "GATEWAY_BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", lambda n, v: _float(n, v, 0, 3600, lo_open=True)),
+    "GATEWAY_MAX_BODY_READS": ("max_body_reads", lambda n, v: _int(n, v, 0, 1_000_000)),
+    "GATEWAY_MAX_UPSTREAM_BYTES": ("max_upstream_bytes", lambda n, v: _int(n, v, 1024, 1 << 31)),
+    "GATEWAY_MAX_EVENT_BYTES": ("max_event_bytes", lambda n, v: _int(n, v, 1024, 1 << 30)),
     "GATEWAY_TRANSPORT": ("transport", lambda n, v: _choice(n, v, TRANSPORTS)),
     "REDIS_URL": ("redis_url", lambda n, v: _url(n, v, ("redis", "rediss", "unix"))),
     "CACHE_TTL_SECONDS": ("cache_ttl_seconds", lambda n, v: _int(n, v, 1, 10 * 365 * 86_400)),
