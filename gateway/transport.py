@@ -32,6 +32,12 @@ def timed_out(url: str, seconds: float) -> GatewayError:
     )
 
 
+def too_large(url: str, limit: int) -> GatewayError:
+    return GatewayError(
+        502, f"Upstream {_host(url)} sent an answer over the limit of {limit} bytes.", "api_error", None, "upstream_too_large"
+    )
+
+
 def _host(url: str) -> str:
     rest = url.split("://", 1)[-1]
     return rest.split("/", 1)[0]
@@ -57,7 +63,7 @@ class UpstreamResponse(Protocol):
 
 class Transport(Protocol):
     async def send(self, req: UpstreamRequest, timeout: float) -> tuple[int, bytes, float | None]:
-        """Status, body and Retry-After (seconds) of a non-streaming call."""
+        """Status, body and Retry-After (seconds) of a non-streaming call; a 502 past ``req.max_bytes``."""
 
     async def open(self, req: UpstreamRequest, timeout: float) -> UpstreamResponse:
         """Start a streaming call; returns once the status line and headers are in."""
@@ -139,7 +145,7 @@ class AiohttpTransport:
             async with self.session.request(
                 req.method, req.url, data=req.body, headers=req.headers, timeout=self._timeout(timeout, False)
             ) as resp:
-                body = await resp.read()
+                body = await _aiohttp_body(resp, req.url, req.max_bytes)
                 return resp.status, body, retry_after_seconds(resp.headers.get("Retry-After"))
         except asyncio.TimeoutError:
             raise timed_out(req.url, timeout) from None
@@ -165,6 +171,22 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _aiohttp_body(resp: aiohttp.ClientResponse, url: str, limit: int | None) -> bytes:
+    """The whole body, read in one go when its declared length is under ``limit``, else counted as it comes."""
+    length = resp.content_length
+    if limit is None or (length is not None and length <= limit and "Content-Encoding" not in resp.headers):
+        return await resp.read()
+    if length is not None and "Content-Encoding" not in resp.headers:
+        raise too_large(url, limit)
+    parts, size = [], 0
+    async for data in resp.content.iter_any():  # decompressed: a small compressed body may be large
+        size += len(data)
+        if size > limit:
+            raise too_large(url, limit)
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _why(exc: BaseException) -> str:
@@ -223,15 +245,24 @@ class HttpxTransport:
         return self._client
 
     async def send(self, req: UpstreamRequest, timeout: float) -> tuple[int, bytes, float | None]:
+        max_bytes = req.max_bytes
+        request = self.client.build_request(req.method, req.url, content=req.body, headers=req.headers, timeout=timeout)
         try:
-            resp = await self.client.request(
-                req.method, req.url, content=req.body, headers=req.headers, timeout=timeout
-            )
+            resp = await self.client.send(request, stream=True)
+            try:
+                parts, size = [], 0
+                async for data in resp.aiter_bytes():
+                    size += len(data)
+                    if max_bytes is not None and size > max_bytes:
+                        raise too_large(req.url, max_bytes)
+                    parts.append(data)
+            finally:
+                await resp.aclose()
         except httpx.TimeoutException:
             raise timed_out(req.url, timeout) from None
         except httpx.HTTPError as exc:
             raise unreachable(req.url, exc.__class__.__name__) from None
-        return resp.status_code, resp.content, retry_after_seconds(resp.headers.get("retry-after"))
+        return resp.status_code, b"".join(parts), retry_after_seconds(resp.headers.get("retry-after"))
 
     async def open(self, req: UpstreamRequest, timeout: float) -> _HttpxStream:
         request = self.client.build_request(

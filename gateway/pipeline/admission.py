@@ -83,6 +83,8 @@ class Admission:
             group=group,
             outcome=outcome,
             default_timeout=snap.settings.request_timeout_seconds,
+            max_upstream_bytes=snap.settings.max_upstream_bytes,
+            max_event_bytes=snap.settings.max_event_bytes,
         )
         if self.cache is not None:
             req.cache_controls = self.cache.parse_controls(headers)
