@@ -15,9 +15,8 @@ import pytest
 
 from gateway.config import load_settings
 from gateway.http.asgi import Gateway
-from gateway.simulator import SimulatorProcess
 from tests.harness import API_KEY, simulator_env
-from tests.test_lifecycle import Exchange, Recorder, chat, run
+from tests.test_lifecycle import Exchange, Recorder, chat, run, sim  # noqa: F401  (sim: the module's simulator)
 
 
 class BadUpstream:
@@ -63,12 +62,6 @@ class BadUpstream:
             pass
         finally:
             writer.close()
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as s:
-        yield s
 
 
 @pytest.fixture
