@@ -82,6 +82,17 @@ EQUIVALENT = {
 }
 
 
+# Beyond configured groups and aliases, implicit groups serve only catalogued models and their dated
+# snapshots (gpt-4o-mini-2024-07-18, claude-3-5-haiku-20241022, gemini-2.0-flash-001): any other name
+# is a 404 before routing state exists for it, so client-chosen names cannot grow memory.
+_SNAPSHOT = re.compile(r"-(?:latest|\d{4}-\d{2}-\d{2}|\d{8}|\d{3})$")
+_CATALOGUED = frozenset(_SNAPSHOT.sub("", m) for names in CATALOGUE.values() for m in names)
+
+
+def catalogued(model: str) -> bool:
+    return _SNAPSHOT.sub("", model) in _CATALOGUED
+
+
 def provider_for(model: str) -> str | None:
     m = _PREFIX.match(model)
     if m is None:
@@ -261,7 +272,8 @@ class Router:
             else:
                 h.deployment = d
                 h.set_policy(group.policy)
-            self._health[key] = h
+            if register:  # a one-off (implicit table full) is not remembered
+                self._health[key] = h
             health.append(h)
         transports = [self._transport(d.provider, d.transport) for d in group.deployments]
         group.plan = plan = Plan(group, health, transports)
@@ -331,7 +343,7 @@ class Router:
     def _implicit_group(self, st: Snapshot, model: str) -> ModelGroup:
         """A model no group names: its provider's deployment; with fallback on, the other providers' like-for-like model after it."""
         provider = provider_for(model)
-        if provider is None:
+        if provider is None or not catalogued(model):
             raise GatewayError(
                 404,
                 f"The model '{model}' does not exist or you do not have access to it.",

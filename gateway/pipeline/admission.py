@@ -63,9 +63,9 @@ class Admission:
         body = parse_json(raw)
         validate_chat(body)
         model = body["model"]
-        outcome.model = model
         check_model(key, model)
         group = self.router.resolve(model, snap)
+        outcome.model = model  # only a name the gateway serves reaches logs, labels and usage rows
         stream = body.get("stream") is True
         if stream and inbound.surface == "rest":
             outcome.surface = "sse"
