@@ -21,7 +21,7 @@ def choice(index: int, content: str | None, finish_reason: str | None, message: 
     """One choice of a completion; ``message`` replaces the plain assistant text message when given."""
     return {
         "index": index,
-        "message": message if message is not None else {"role": "assistant", "content": content},
+        "message": message if message is not None else {"role": "assistant", "content": content, "refusal": None},
         "finish_reason": finish_reason,
         "logprobs": None,
     }

@@ -7,13 +7,22 @@ lines matter. Multi-line data fields are joined with ``\\n`` as the SSE spec say
 
 from __future__ import annotations
 
+from gateway.errors import upstream_error
+
+DONE_DATA = b"[DONE]"
+
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_data")
+    """``max_event`` bounds one event (its data and any line still without its end), so a
+    provider that never ends a line or an event cannot grow the buffer without bound."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_buf", "_data", "_size", "_max")
+
+    def __init__(self, max_event: int = 1_048_576) -> None:
         self._buf = b""
         self._data: list[bytes] = []
+        self._size = 0  # bytes in _data
+        self._max = max_event
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Return the data payloads of every event completed by ``chunk``."""
@@ -32,15 +41,24 @@ class SSEDecoder:
                 if self._data:
                     out.append(self._data[0] if len(self._data) == 1 else b"\n".join(self._data))
                     self._data = []
+                    self._size = 0
                 continue
             if line.startswith(b"data:"):
                 value = line[5:]
                 if value.startswith(b" "):
                     value = value[1:]
                 self._data.append(value)
+                self._size += len(value)
+                if self._size > self._max:
+                    raise self._too_large()
             # "event:", "id:", "retry:" and ":" comments carry nothing we need.
         self._buf = buf[start:]
+        if self._size + len(self._buf) > self._max:
+            raise self._too_large()
         return out
+
+    def _too_large(self):
+        return upstream_error(502, f"A provider stream event exceeds the limit of {self._max} bytes.", code="upstream_too_large")
 
     def flush(self) -> list[bytes]:
         """Payloads of a final event that had no trailing blank line."""
@@ -48,6 +66,7 @@ class SSEDecoder:
             self.feed(b"\n")
         if self._data:
             data, self._data = self._data, []
+            self._size = 0
             return [b"\n".join(data)]
         return []
 
@@ -57,5 +76,5 @@ def encode(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-DONE = b"data: [DONE]\n\n"
+DONE = b"data: " + DONE_DATA + b"\n\n"
 PING = b": ping\n\n"

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from gateway.errors import GatewayError
+from time import perf_counter
+
+from gateway.errors import GatewayError, upstream_error
 from gateway.providers import get_adapter
 from gateway.providers.base import Deployment, StreamState
+from gateway.providers.common import check_chunk, check_completion
 from gateway.request import ChatRequest
-from gateway.sse import SSEDecoder
-from gateway.transport import Transport, UpstreamResponse
+from gateway.sse import DONE_DATA, SSEDecoder
+from gateway.transport import Transport, UpstreamResponse, timed_out
 
 
 def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None) -> GatewayError:
@@ -30,6 +33,7 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
     """One call; ``timed=False`` when the caller times it (a hedge race counts its span once, not each attempt)."""
     adapter = get_adapter(deployment.provider)
     upstream = adapter.build_request(req.body, deployment, False)
+    upstream.max_bytes = req.max_upstream_bytes
     if timed:
         t0 = req.outcome.wait_begin()
     try:
@@ -39,37 +43,72 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
             req.outcome.wait_end(t0)
     if status >= 400:
         raise _upstream_error(adapter, status, data, retry_after)
-    return adapter.parse_response(data, deployment)
+    return check_completion(adapter.parse_response(data, deployment), adapter.LABEL)
+
+
+def _cut(label: str) -> GatewayError:
+    return upstream_error(502, f"{label} ended the stream before its end marker.", code="upstream_stream_cut")
 
 
 class UpstreamStream:
-    """An open provider stream, yielding batches of OpenAI chunks per network read."""
+    """An open provider stream, yielding batches of OpenAI chunks per network read.
 
-    __slots__ = ("deployment", "state", "_resp", "_adapter", "_req")
+    Every chunk is checked (``check_chunk``); a stream that ends without its
+    end marker (``[DONE]``, or a finish reason: Anthropic's and Gemini's last
+    events carry one) is cut, an error rather than a complete answer; and a
+    stream that sends only SSE comments for ``idle`` seconds has timed out,
+    though each comment resets the transport's per-read bound.
+    """
 
-    def __init__(self, req: ChatRequest, deployment: Deployment, resp: UpstreamResponse, adapter, state: StreamState):
+    __slots__ = ("deployment", "state", "_resp", "_adapter", "_req", "_idle")
+
+    def __init__(
+        self, req: ChatRequest, deployment: Deployment, resp: UpstreamResponse, adapter, state: StreamState, idle: float
+    ):
         self._req = req
         self.deployment = deployment
         self._resp = resp
         self._adapter = adapter
         self.state = state
+        self._idle = idle
 
     async def batches(self) -> AsyncIterator[list[dict]]:
-        parse = self._adapter.parse_stream_event
+        adapter = self._adapter
+        parse = adapter.parse_stream_event
+        label = adapter.LABEL
         state = self.state
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(self._req.max_event_bytes)
+        idle = self._idle
+        last_data = perf_counter()
+        done = False
         try:
             async for raw in self._resp.chunks():
+                events = decoder.feed(raw)
+                if not events:
+                    if perf_counter() - last_data > idle:
+                        raise timed_out(self.deployment.base_url, idle)
+                    continue
+                last_data = perf_counter()
                 out: list[dict] = []
-                for data in decoder.feed(raw):
+                for data in events:
+                    if data == DONE_DATA:
+                        done = True
                     out.extend(parse(data, state))
                 if out:
+                    for c in out:
+                        check_chunk(c, label)
                     yield out
             out = []
             for data in decoder.flush():
+                if data == DONE_DATA:
+                    done = True
                 out.extend(parse(data, state))
             if out:
+                for c in out:
+                    check_chunk(c, label)
                 yield out
+            if not done and state.finish_reason is None:
+                raise _cut(label)
         finally:
             await self._resp.close()
 
@@ -85,7 +124,7 @@ async def open_stream(req: ChatRequest, deployment: Deployment, transport: Trans
         data = await resp.read()
         await resp.close()
         raise _upstream_error(adapter, resp.status, data, resp.retry_after)
-    return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment))
+    return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment), timeout)
 
 
 async def open_first(req: ChatRequest, d: Deployment, transport: Transport, timeout: float, timed: bool = True):

@@ -1,12 +1,18 @@
 """Per-key token usage, counted in process: a finish listener.
 
 A dict update per answer: cheap and lock-free (one event loop per worker).
-Each worker counts its own traffic.
+Each worker counts its own traffic. Rows are keyed by (key, model); both are
+bounded already (configured keys; models the gateway serves), and the table
+is capped at ``MAX_ROWS`` besides: past it, new pairs are counted under the
+model ``OTHER`` of their key, so nothing is lost and nothing grows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+MAX_ROWS = 10_000
+OTHER = "(other)"
 
 
 @dataclass(slots=True)
@@ -25,9 +31,14 @@ class Usage:
         """Count every answer the client got: from a provider (a cut stream too) or from the cache."""
         if req is None or outcome.status != 200:
             return
-        c = self.by_key.get((outcome.key_name, outcome.model))
+        row = (outcome.key_name, outcome.model)
+        c = self.by_key.get(row)
         if c is None:
-            c = self.by_key[(outcome.key_name, outcome.model)] = Counter()
+            if len(self.by_key) >= MAX_ROWS:
+                row = (outcome.key_name, OTHER)
+                c = self.by_key.get(row)
+            if c is None:
+                c = self.by_key[row] = Counter()
         c.requests += 1
         if outcome.from_cache:
             c.cached += 1

@@ -408,7 +408,7 @@ def test_anthropic_response_translation():
     assert out["object"] == "chat.completion" and isinstance(out["created"], int)
     assert out["model"] == "claude-3-5-haiku-20241022"
     assert out["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help?"}, "finish_reason": "stop", "logprobs": None}
+        {"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help?", "refusal": None}, "finish_reason": "stop", "logprobs": None}
     ]
     assert out["usage"] == {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
 
@@ -629,7 +629,7 @@ def test_google_response_translation():
     assert out["id"] == "chatcmpl-kH3pZ-XYB9W8nvgP"
     assert out["object"] == "chat.completion" and out["model"] == "gemini-2.0-flash-001"
     assert out["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help?"}, "finish_reason": "stop", "logprobs": None}
+        {"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help?", "refusal": None}, "finish_reason": "stop", "logprobs": None}
     ]
     assert out["usage"] == {"prompt_tokens": 8, "completion_tokens": 7, "total_tokens": 15}
 
@@ -660,7 +660,7 @@ def test_google_response_odd_shapes():
 def test_google_blocked_prompt_is_a_content_filter_answer():
     data = b'{"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9}}'
     out = google.parse_response(data, GOOGLE)
-    assert out["choices"] == [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "content_filter", "logprobs": None}]
+    assert out["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": "content_filter", "logprobs": None}]
     assert out["usage"] == {"prompt_tokens": 9, "completion_tokens": 0, "total_tokens": 9}
 
 

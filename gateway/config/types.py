@@ -81,6 +81,13 @@ class Settings:
     keepalive_timeout: int = 65
     max_body_bytes: int = 1_048_576
     stream_ping_seconds: float = 10.0
+    # Hardening (README, "Limits"): a request body must arrive within this long (else a 408) ...
+    body_timeout_seconds: float = 10.0
+    # ... and at most this many bodies are read at once per worker (0: half of WORKER_CONNECTIONS), so
+    # stalled uploads cannot hold every connection slot; the excess gets a 503 at once.
+    max_body_reads: int = 0
+    max_upstream_bytes: int = 16 * 1_048_576  # a provider's non-streaming answer
+    max_event_bytes: int = 1_048_576  # one event of a provider's stream
     # Providers
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     transport: str = "aiohttp"

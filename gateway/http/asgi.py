@@ -48,6 +48,8 @@ class Gateway:
         self.pipeline = Pipeline(self.router, self.cache)
         self.relay = Relay(self.admission, self.pipeline, self.finish, settings.stream_ping_seconds)
         self.web = admin.build(self)
+        # Fixed for the process's life, like the connection limits it is derived from.
+        self.body_reads = chat.BodyReads(settings.max_body_reads or settings.worker_connections // 2)
 
     @property
     def snapshot(self) -> Snapshot:

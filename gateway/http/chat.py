@@ -6,17 +6,17 @@ pipeline, keepalives, disconnects and the finish hook are the relay's.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from time import perf_counter
 
 import orjson
-
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError
 from gateway.http import headers
-from gateway.http.relay import ClientGone, Relay, Watch
+from gateway.http.relay import Relay, Watch
 from gateway.pipeline.admission import Inbound, too_large
 from gateway.pipeline.outcome import Outcome
 from gateway.sse import DONE, PING
@@ -96,8 +96,37 @@ class HTTPSurface:
         await self.send({"type": "http.response.body", "body": err.body()})
 
 
-def body_reader(receive: Receive, content_length: str | None):
-    """``read_body(limit)`` for admission: the whole body, a 413 past the limit, ClientGone on a disconnect."""
+class BodyReads:
+    """How many request bodies this worker is reading now, against a bound.
+
+    Granian hands at most WORKER_CONNECTIONS requests to the app at once
+    (``backpressure``); a client that sends headers and then stalls holds one
+    of those slots until its body deadline. Bounding the reads in progress
+    (half the slots by default) and answering the excess at once keeps the
+    other half for everything else, ``/health`` included.
+    """
+
+    __slots__ = ("active", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.active = 0
+        self.limit = max(1, limit)
+
+
+BUSY = GatewayError(
+    503, "Too many request bodies are being uploaded to this worker; retry shortly.", "api_error", None, "server_busy",
+    headers={"Retry-After": "1"},
+)
+
+
+def _unreadable() -> GatewayError:
+    # Granian reports a malformed chunked body (and a client that left mid-body) as a disconnect.
+    return GatewayError(400, "The request body is malformed or ended before it was complete.", code="invalid_body")
+
+
+def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, timeout: float):
+    """``read_body(limit)`` for admission: the whole body; a 413 past the limit, a 408 past ``timeout``
+    seconds, a 400 for a body that is malformed or cut short, a 503 when too many are being read."""
 
     async def read(limit: int) -> bytes:
         declared = -1
@@ -108,30 +137,56 @@ def body_reader(receive: Receive, content_length: str | None):
                 raise GatewayError(400, "Invalid Content-Length header.", code="invalid_content_length") from None
             if declared > limit:
                 raise too_large(limit)
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise ClientGone
-        body = msg.get("body", b"")
-        # Granian sends the whole body with more_body=True and then an empty message;
-        # when Content-Length says we have it all, skip that extra hop through the loop.
-        if not msg.get("more_body") or len(body) == declared:
-            if len(body) > limit:
-                raise too_large(limit)
-            return body
-        parts = [body]
-        size = len(body)
-        while msg.get("more_body"):
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
-            parts.append(chunk)
-        return b"".join(parts)
+        if reads.active >= reads.limit:
+            raise BUSY
+        reads.active += 1
+        try:
+            async with asyncio.timeout(timeout):
+                return await _read(receive, declared, limit)
+        except TimeoutError:
+            raise GatewayError(
+                408, f"The request body did not arrive within {timeout:g}s.", code="request_timeout"
+            ) from None
+        finally:
+            reads.active -= 1
 
     return read
+
+
+async def _read(receive, declared: int, limit: int) -> bytes:
+    msg = await _receive(receive)
+    body = msg.get("body", b"")
+    # Granian sends the whole body with more_body=True and then an empty message;
+    # when Content-Length says we have it all, skip that extra hop through the loop.
+    if not msg.get("more_body") or len(body) == declared:
+        if len(body) > limit:
+            raise too_large(limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while msg.get("more_body"):
+        msg = await _receive(receive)
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _receive(receive) -> dict:
+    try:
+        msg = await receive()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # our own deadline, or shutdown
+        raise _unreadable() from None  # the server cancelled the read: the body cannot be read
+    except Exception:
+        raise _unreadable() from None
+    if msg["type"] == "http.disconnect":
+        raise _unreadable()
+    return msg
 
 
 async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,5 +200,6 @@ async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
         await surface.error(err)
         relay.finish.run(None, outcome)
         return
-    inbound = Inbound(hdrs, body_reader(receive, hdrs.get("content-length")), "rest")
-    await relay.serve(gateway.router.state, inbound, outcome, surface, Watch(), receive)
+    snap = gateway.router.state
+    reader = body_reader(receive, hdrs.get("content-length"), gateway.body_reads, snap.settings.body_timeout_seconds)
+    await relay.serve(snap, Inbound(hdrs, reader, "rest"), outcome, surface, Watch(), receive)

@@ -64,9 +64,9 @@ class Admission:
         body = parse_json(raw)
         validate_chat(body)
         model = body["model"]
-        outcome.model = model
         check_model(key, model)
         group = self.router.resolve(model, snap)
+        outcome.model = model  # only a name the gateway serves reaches logs, labels and usage rows
         stream = body.get("stream") is True
         if stream and inbound.surface == "rest":
             outcome.surface = "sse"
@@ -84,6 +84,8 @@ class Admission:
             group=group,
             outcome=outcome,
             default_timeout=snap.settings.request_timeout_seconds,
+            max_upstream_bytes=snap.settings.max_upstream_bytes,
+            max_event_bytes=snap.settings.max_event_bytes,
         )
         if self.cache is not None:
             req.cache_controls = parse_controls(headers, self.cache.config.max_ttl_seconds)

@@ -44,6 +44,7 @@ class UpstreamRequest:
     url: str
     headers: dict[str, str]
     body: bytes
+    max_bytes: int | None = None  # the answer's size limit (GATEWAY_MAX_UPSTREAM_BYTES), set by gateway.upstream
 
 
 @dataclass(slots=True)

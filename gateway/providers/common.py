@@ -234,3 +234,58 @@ def map_status(label: str, status: int, message: str) -> GatewayError:
         f"{label} failed with HTTP {status}{' (overloaded)' if overloaded else ''}: {message}",
         code="upstream_overloaded" if overloaded else "upstream_error",
     )
+
+
+def check_usage(usage: object, label: str) -> dict | None:
+    """A provider's usage in OpenAI's shape: None, or an object of non-negative integer token counts."""
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        raise bad_upstream(label, "'usage' is not an object")
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        n = usage.get(name)
+        if n is not None and (type(n) is not int or n < 0):
+            raise bad_upstream(label, f"'usage.{name}' is not a non-negative integer")
+    return usage
+
+
+def _check_choice(c: object, key: str, label: str) -> None:
+    if not isinstance(c, dict):
+        raise bad_upstream(label, "a choice is not an object")
+    body = c.get(key)
+    if not isinstance(body, dict):
+        raise bad_upstream(label, f"a choice's '{key}' is not an object")
+    content = body.get("content")
+    if content is not None and not isinstance(content, str):
+        raise bad_upstream(label, f"a choice's '{key}.content' is not a string")
+    reason = c.get("finish_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise bad_upstream(label, "a choice's 'finish_reason' is not a string")
+    index = c.get("index", 0)
+    if type(index) is not int:
+        raise bad_upstream(label, "a choice's 'index' is not an integer")
+
+
+def check_completion(obj: dict, label: str) -> dict:
+    """An adapter's answer in the ``chat.completion`` shape the gateway and its clients rely on.
+
+    Checked once, after any adapter, so a provider answer of the wrong shape is
+    the provider's fault (a 502 that fails over), not a TypeError further down
+    or a malformed 200 for the client.
+    """
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise bad_upstream(label, "no choices")
+    for c in choices:
+        _check_choice(c, "message", label)
+    check_usage(obj.get("usage"), label)
+    return obj
+
+
+def check_chunk(obj: dict, label: str) -> None:
+    """One ``chat.completion.chunk`` from an adapter, checked as ``check_completion`` checks answers."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        raise bad_upstream(label, "a stream chunk has no 'choices' array")
+    for c in choices:
+        _check_choice(c, "delta", label)

@@ -24,6 +24,16 @@ _PROVIDER_BY_GROUP = tuple(PROVIDERS)
 _SMALL = re.compile("|".join(p.small for p in PROVIDERS.values()))
 _MAX_IMPLICIT = 4096  # client-chosen names must not grow memory without bound
 
+# Beyond configured groups and aliases, implicit groups serve only catalogued models and their dated
+# snapshots (gpt-4o-mini-2024-07-18, claude-3-5-haiku-20241022, gemini-2.0-flash-001): any other name
+# is a 404 before routing state exists for it, so client-chosen names cannot grow memory.
+_SNAPSHOT = re.compile(r"-(?:latest|\d{4}-\d{2}-\d{2}|\d{8}|\d{3})$")
+_CATALOGUED = frozenset(_SNAPSHOT.sub("", m) for p in PROVIDERS.values() for m in p.catalogue)
+
+
+def catalogued(model: str) -> bool:
+    return _SNAPSHOT.sub("", model) in _CATALOGUED
+
 # Gives a new group its run-time state (the router's plan); ``register`` is False for one-offs.
 Bind = Callable[[ModelGroup, bool], ModelGroup]
 
@@ -74,7 +84,7 @@ class Snapshot:
     def _implicit_group(self, model: str) -> ModelGroup:
         """A model no group names: its provider's deployment; with fallback on, the other providers' like-for-like model after it."""
         provider = provider_for(model)
-        if provider is None:
+        if provider is None or not catalogued(model):
             raise GatewayError(
                 404,
                 f"The model '{model}' does not exist or you do not have access to it.",

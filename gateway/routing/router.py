@@ -104,7 +104,8 @@ class Router:
             else:
                 h.deployment = d
                 h.set_policy(group.policy)
-            self._health[key] = h
+            if register:  # a one-off (implicit table full) is not remembered
+                self._health[key] = h
             health.append(h)
         transports = [self._transport(d.provider, d.transport) for d in group.deployments]
         group.plan = plan = Plan(group, health, transports)

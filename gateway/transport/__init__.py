@@ -20,6 +20,7 @@ from gateway.transport._base import (
     retry_after_seconds,
     ssl_context,
     timed_out,
+    too_large,
     unreachable,
 )
 from gateway.transport._httpx import HttpxTransport, _HttpxStream
@@ -35,6 +36,7 @@ __all__ = [
     "retry_after_seconds",
     "ssl_context",
     "timed_out",
+    "too_large",
     "unreachable",
     "_AiohttpStream",
     "_HttpxStream",

@@ -10,7 +10,7 @@ import aiohttp
 
 from gateway.errors import GatewayError
 from gateway.providers.base import UpstreamRequest
-from gateway.transport._base import retry_after_seconds, ssl_context, timed_out, unreachable
+from gateway.transport._base import retry_after_seconds, ssl_context, timed_out, too_large, unreachable
 
 
 class _AiohttpStream:
@@ -89,7 +89,7 @@ class AiohttpTransport:
             async with self.session.request(
                 req.method, req.url, data=req.body, headers=req.headers, timeout=self._timeout(timeout, False)
             ) as resp:
-                body = await resp.read()
+                body = await _body(resp, req.url, req.max_bytes)
                 return resp.status, body, retry_after_seconds(resp.headers.get("Retry-After"))
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _failed(exc, req.url, timeout) from None
@@ -123,3 +123,19 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server disconnected"
     return exc.__class__.__name__
+
+
+async def _body(resp: aiohttp.ClientResponse, url: str, limit: int | None) -> bytes:
+    """The whole body, read in one go when its declared length is under ``limit``, else counted as it comes."""
+    length = resp.content_length
+    if limit is None or (length is not None and length <= limit and "Content-Encoding" not in resp.headers):
+        return await resp.read()
+    if length is not None and "Content-Encoding" not in resp.headers:
+        raise too_large(url, limit)
+    parts, size = [], 0
+    async for data in resp.content.iter_any():  # decompressed: a small compressed body may be large
+        size += len(data)
+        if size > limit:
+            raise too_large(url, limit)
+        parts.append(data)
+    return b"".join(parts)

@@ -19,6 +19,12 @@ def timed_out(url: str, seconds: float) -> GatewayError:
     )
 
 
+def too_large(url: str, limit: int) -> GatewayError:
+    return GatewayError(
+        502, f"Upstream {_host(url)} sent an answer over the limit of {limit} bytes.", "api_error", None, "upstream_too_large"
+    )
+
+
 def _host(url: str) -> str:
     rest = url.split("://", 1)[-1]
     return rest.split("/", 1)[0]
@@ -57,7 +63,7 @@ class UpstreamResponse(Protocol):
 
 class Transport(Protocol):
     async def send(self, req: UpstreamRequest, timeout: float) -> tuple[int, bytes, float | None]:
-        """Status, body and Retry-After (seconds) of a non-streaming call."""
+        """Status, body and Retry-After (seconds) of a non-streaming call; a 502 past ``req.max_bytes``."""
 
     async def open(self, req: UpstreamRequest, timeout: float) -> UpstreamResponse:
         """Start a streaming call; returns once the status line and headers are in."""

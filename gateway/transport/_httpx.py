@@ -8,7 +8,7 @@ from typing import AsyncIterator
 import httpx
 
 from gateway.providers.base import UpstreamRequest
-from gateway.transport._base import retry_after_seconds, ssl_context, timed_out, unreachable
+from gateway.transport._base import retry_after_seconds, ssl_context, timed_out, too_large, unreachable
 
 
 class _HttpxStream:
@@ -58,15 +58,24 @@ class HttpxTransport:
         return self._client
 
     async def send(self, req: UpstreamRequest, timeout: float) -> tuple[int, bytes, float | None]:
+        max_bytes = req.max_bytes
+        request = self.client.build_request(req.method, req.url, content=req.body, headers=req.headers, timeout=timeout)
         try:
-            resp = await self.client.request(
-                req.method, req.url, content=req.body, headers=req.headers, timeout=timeout
-            )
+            resp = await self.client.send(request, stream=True)
+            try:
+                parts, size = [], 0
+                async for data in resp.aiter_bytes():
+                    size += len(data)
+                    if max_bytes is not None and size > max_bytes:
+                        raise too_large(req.url, max_bytes)
+                    parts.append(data)
+            finally:
+                await resp.aclose()
         except httpx.TimeoutException:
             raise timed_out(req.url, timeout) from None
         except httpx.HTTPError as exc:
             raise unreachable(req.url, exc.__class__.__name__) from None
-        return resp.status_code, resp.content, retry_after_seconds(resp.headers.get("retry-after"))
+        return resp.status_code, b"".join(parts), retry_after_seconds(resp.headers.get("retry-after"))
 
     async def open(self, req: UpstreamRequest, timeout: float) -> _HttpxStream:
         request = self.client.build_request(

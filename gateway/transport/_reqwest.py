@@ -17,7 +17,7 @@ from pyreqwest.request import StreamRequest
 from pyreqwest.response import Response
 
 from gateway.providers.base import UpstreamRequest
-from gateway.transport._base import retry_after_seconds, timed_out, unreachable
+from gateway.transport._base import retry_after_seconds, timed_out, too_large, unreachable
 
 # pyreqwest reads a streamed body ahead into a buffer of this many bytes and returns from the send (and
 # from each later read) only once it is full or the body has ended: 64 KiB by default, which holds a whole
@@ -126,11 +126,20 @@ class ReqwestTransport:
         )
         try:
             resp = await request.send()
+            limit = req.max_bytes
+            if limit is not None:
+                # A declared length over the limit is refused before reading; an undeclared one is
+                # read whole by pyreqwest, then measured (its buffered API has no cap of its own).
+                declared = resp.get_header("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > limit:
+                    raise too_large(req.url, limit)
             body = await resp.bytes()
         except RequestTimeoutError:
             raise timed_out(req.url, timeout) from None
         except PyreqwestError as exc:
             raise unreachable(req.url, _why(exc)) from None
+        if limit is not None and len(body) > limit:
+            raise too_large(req.url, limit)
         return resp.status, bytes(body), retry_after_seconds(resp.get_header("retry-after"))
 
     async def open(self, req: UpstreamRequest, timeout: float) -> _ReqwestStream:

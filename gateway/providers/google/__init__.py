@@ -7,7 +7,11 @@ PROVIDER = Provider(
     name="google",
     adapter=adapter,
     prefix=r"gemini-",
-    catalogue=("gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro"),
+    # What /v1/models lists and what implicit groups serve (with dated snapshots of these names).
+    catalogue=(
+        "gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro",
+        "gemini-2.0-flash-lite", "gemini-2.5-flash-lite", "gemini-1.5-pro", "gemini-1.5-flash",
+    ),
     small=r"flash|lite",
     equivalent={"small": "gemini-2.0-flash", "large": "gemini-2.5-pro"},
     base_url="https://generativelanguage.googleapis.com",

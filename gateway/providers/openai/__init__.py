@@ -7,7 +7,12 @@ PROVIDER = Provider(
     name="openai",
     adapter=adapter,
     prefix=r"gpt-|chatgpt-|o\d",  # o\d: the o-series (o1, o3, o4-mini...)
-    catalogue=("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini"),
+    # What /v1/models lists and what implicit groups serve (with dated snapshots of these names).
+    catalogue=(
+        "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini",
+        "gpt-4.1-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano", "o1", "o1-mini", "o3", "o4-mini",
+        "gpt-4-turbo", "gpt-4", "gpt-3.5-turbo", "chatgpt-4o-latest",
+    ),
     small=r"mini|nano",
     equivalent={"small": "gpt-4o-mini", "large": "gpt-4o"},
     base_url="https://api.openai.com/v1",

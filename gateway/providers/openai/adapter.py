@@ -13,7 +13,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.providers.base import Deployment, StreamState, UpstreamRequest
-from gateway.providers.common import bad_upstream, error_details, load_object, map_status, new_id, now
+from gateway.providers.common import bad_upstream, check_usage, error_details, load_object, map_status, new_id, now
 
 LABEL = "OpenAI"
 
@@ -63,7 +63,7 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
     # pipeline's call, so the per-chunk "usage": null artefact is dropped too.
     usage = obj.pop("usage", None)
     if usage:
-        state.usage = usage
+        state.usage = check_usage(usage, LABEL)
     choices = obj.get("choices")
     if not isinstance(choices, list):
         if choices is None:
