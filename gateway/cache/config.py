@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from gateway.cache.embed import MiniLMVerifier
+from gateway.config.validate import Refused, as_bool, as_int, as_number
 
 EMBEDDERS = ("minilm", "hash", "openai")
 
@@ -95,27 +96,25 @@ class CacheConfig:
 
 
 def _coerce(name: str, kind, value):
+    """A cache option from TOML or the environment, as its field's type (the shared checks of config.validate)."""
     kind = str(kind)
-    if kind.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ValueError(f"cache.{name}: must be true or false, got {value!r}")
-    if kind.startswith("int"):
-        try:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"cache.{name}: must be an integer, got {value!r}") from None
-    if kind.startswith("float"):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"cache.{name}: must be a number, got {value!r}") from None
+    try:
+        if kind.startswith("bool"):
+            return value if isinstance(value, bool) else _strict_bool(value)
+        if kind.startswith("int"):
+            return as_int(value, text=True)
+        if kind.startswith("float"):
+            return as_number(value, text=True)
+    except Refused:
+        what = "true or false" if kind.startswith("bool") else "an integer" if kind.startswith("int") else "a number"
+        raise ValueError(f"cache.{name}: must be {what}, got {value!r}") from None
     if value is not None and not isinstance(value, str):
         raise ValueError(f"cache.{name}: must be a string, got {value!r}")
     return value
+
+
+def _strict_bool(value) -> bool:
+    # Text only (as the environment gives it): a TOML number is not a boolean here.
+    if not isinstance(value, str):
+        raise Refused(False)
+    return as_bool(value)
