@@ -175,7 +175,6 @@ def _parse_models(
             name=model_name,
             deployments=deployments,
             strategy=choice(f"{name}.strategy", spec.get("strategy", "weighted"), STRATEGIES),
-            options=options,
             policy=_parse_policy(f"{name}.", options, routing or RoutePolicy()),
         )
     return groups

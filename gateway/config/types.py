@@ -62,7 +62,6 @@ class ModelGroup:
     name: str
     deployments: list[Deployment]
     strategy: str = "weighted"
-    options: dict[str, Any] = field(default_factory=dict)  # the group's routing options as written; parsed into policy
     policy: RoutePolicy = field(default_factory=RoutePolicy)
     plan: "Plan | None" = field(default=None, repr=False, compare=False)  # the router's runtime state for this group
 

@@ -91,7 +91,7 @@ class Router:
         groups = {}
         for name, g in settings.models.items():
             # A fresh ModelGroup: the one in ``settings`` may be shared with an older state.
-            groups[name] = self._bind(ModelGroup(g.name, list(g.deployments), g.strategy, dict(g.options), g.policy))
+            groups[name] = self._bind(ModelGroup(g.name, list(g.deployments), g.strategy, g.policy))
         return Snapshot(settings, groups, self._bind)
 
     def _bind(self, group: ModelGroup, register: bool = True) -> ModelGroup:
