@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Profile the gateway's non-streaming path with py-spy under wrk load.
 
-    python profiling/flamegraph.py [--seconds 20] [--rate 200] [--transport aiohttp] [--native] [--perf]
+    python profiling/flamegraph.py [--seconds 20] [--rate 200] [--transport aiohttp|httpx|reqwest] [--native] [--perf]
     python profiling/flamegraph.py --analyze profiling/flamegraph-nonstream.folded
 
 Starts the provider simulator (core 1) and ``gateway serve`` with one Granian worker (core 0),
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=20, help="seconds per py-spy recording (two recordings)")
     ap.add_argument("--rate", type=int, default=200, help="samples per second")
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp")
+    ap.add_argument("--transport", choices=("aiohttp", "httpx", "reqwest"), default="aiohttp")
     ap.add_argument("--native", action="store_true", help="include native frames (C/Cython/Rust) too")
     ap.add_argument(
         "--nonblocking",
