@@ -227,7 +227,9 @@ class ServerProcess:
         cmd = self.command()
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu), *cmd]  # set before exec: the workers inherit it
-        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=self.logfile, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env(), stdout=self.logfile, stderr=subprocess.STDOUT, cwd=getattr(self, "cwd", ROOT)
+        )
         try:
             deadline = time.monotonic() + timeout  # a loaded shared host can take tens of seconds
             while True:
@@ -310,16 +312,25 @@ class GatewayProcess(ServerProcess):
     """``gateway serve`` with one Granian worker, pinned to one core, against the simulator."""
 
     def __init__(
-        self, transport: str, sim_base: str, cpu: int | None, workers: int = 1, extra_env: dict[str, str] | None = None
+        self, transport: str, sim_base: str, cpu: int | None, workers: int = 1, extra_env: dict[str, str] | None = None,
+        tree: Path | None = None,
     ) -> None:
-        self.name = f"gateway ({transport})"
+        self.name = f"gateway ({transport})" if tree is None else f"gateway ({transport}, {tree.name})"
         self.transport = transport
+        # --baseline: another checkout of the gateway (e.g. the commit before a change), run from its own
+        # tree with its own virtualenv, so old and new code are measured in one interleaved run.
+        self.tree = tree
+        if tree is not None:
+            self.cwd = tree
         self.sim_base = sim_base
         self.workers = workers
         self.extra_env = extra_env or {}
         super().__init__(cpu)
 
     def command(self) -> list[str]:
+        if self.tree is not None:
+            venv = self.tree / ".venv" / "bin" / "python"
+            return [str(venv if venv.exists() else sys.executable), "-m", "gateway", "serve"]
         return [sys.executable, "-m", "gateway", "serve"]
 
     def env(self) -> dict[str, str]:
@@ -828,6 +839,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to cores (results are then not comparable)")
     ap.add_argument("--only", default="nonstream,stream,latency,ttfb", help="comma-separated scenarios to run")
     ap.add_argument("--json", dest="json_out", help="write all runs and the summary to this file")
+    ap.add_argument(
+        "--baseline", type=Path, default=None,
+        help="another checkout of the gateway (with its own .venv): measured as one more target, 'baseline', "
+        "in the same interleaved run (old commit vs this tree)",
+    )
     args = ap.parse_args(argv)
 
     duration = 3 if args.quick else args.duration
@@ -909,6 +925,12 @@ def main(argv: list[str] | None = None) -> int:
         for t in transports:
             gateways[t] = GatewayProcess(t, upstream, gw_cpu, extra_env=trust).start()
             log(f"gateway {t} on {gateways[t].url}, workers {gateways[t].worker_pids()}")
+        if args.baseline is not None:
+            gateways["baseline"] = GatewayProcess(
+                "aiohttp", upstream, gw_cpu, extra_env=trust, tree=args.baseline.resolve()
+            ).start()
+            transports.append("baseline")
+            log(f"baseline gateway ({args.baseline}) on {gateways['baseline'].url}")
         if bare:
             for client in bare_clients:
                 for interface in ("asgi", "rsgi") if client != "httpx" else ("asgi",):
