@@ -12,8 +12,10 @@ import logging
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from gateway.config import PROVIDERS, ConfigError, Settings, load_settings
@@ -96,6 +98,21 @@ def _override(settings: Settings, args: argparse.Namespace) -> None:
         settings.port = args.port
 
 
+def prepare_metrics_dir() -> tuple[str, bool]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers, emptied (or made) before any starts: left-over files
+    would be summed into the new counts. Returns (path, made here: remove it on exit)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        return path, True
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(path, name))
+    return path, False
+
+
 def serve(args: argparse.Namespace) -> None:
     try:
         settings = load_settings()
@@ -125,6 +142,8 @@ def serve(args: argparse.Namespace) -> None:
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
 
+    # Set before a worker imports prometheus_client (this process never does): it picks its value store at import.
+    metrics_dir, own_dir = prepare_metrics_dir() if settings.metrics else (None, False)
     keys = list(settings.api_keys)
     log.info(
         "gateway listening on http://%s:%d (%d worker%s, %d API key%s)",
@@ -149,6 +168,8 @@ def serve(args: argparse.Namespace) -> None:
     try:
         server.serve()
     finally:
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if sim is not None:
             sim.send_signal(signal.SIGTERM)
             try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from gateway import prices
 from gateway.auth import ApiKey
 from gateway.providers.base import Deployment
 
@@ -124,6 +125,11 @@ class Settings:
     # Keys
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
     config_file: str | None = None
+    # Observability (gateway/metrics.py, gateway/accesslog.py, gateway/prices.py)
+    metrics: bool = True  # GATEWAY_METRICS: off drops the metrics listener and /metrics (to measure its cost)
+    access_log: str = "-"  # GATEWAY_ACCESS_LOG: "-" stderr, "off", or a file path; lines at INFO (LOG_LEVEL)
+    prices: dict[str, Any] = field(default_factory=dict)  # the TOML [prices] table
+    price_table: dict[str, Any] = field(default_factory=dict)  # model -> prices.Price, defaults + [prices]
 
     @property
     def configured_providers(self) -> list[str]:
@@ -217,6 +223,8 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "DATABASE_POOL_SIZE": ("database_pool_size", lambda n, v: _int(n, v, 1, 10_000)),
     "DATABASE_MAX_OVERFLOW": ("database_max_overflow", lambda n, v: _int(n, v, 0, 10_000)),
     "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", lambda n, v: _float(n, v, 0, 3600, lo_open=True)),
+    "GATEWAY_METRICS": ("metrics", _bool),
+    "GATEWAY_ACCESS_LOG": ("access_log", _str),
 }
 
 
@@ -359,7 +367,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     path = env.get("GATEWAY_CONFIG") or None
     doc = _load_toml(path) if path else {}
     s.config_file = path
-    known_sections = {"gateway", "providers", "models", "aliases", "keys", "cache", "routing"}
+    known_sections = {"gateway", "providers", "models", "aliases", "keys", "cache", "routing", "prices"}
     unknown = set(doc) - known_sections
     if unknown:
         raise ConfigError(f"GATEWAY_CONFIG: unknown section [{sorted(unknown)[0]}]")
@@ -449,6 +457,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if env.get("GATEWAY_CACHE"):
         s.cache["enabled"] = _bool("GATEWAY_CACHE", env["GATEWAY_CACHE"])
     s.cache_config = _cache_config(s, explicit=lambda key: bool(env.get(key)) or key in file_settings)
+    s.prices = _table("prices", doc.get("prices"))
+    try:
+        s.price_table = prices.table(s.prices)
+    except prices.PriceError as exc:
+        raise ConfigError(str(exc)) from None
     return s
 
 

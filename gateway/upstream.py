@@ -9,7 +9,7 @@ gateway can report its own overhead.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from gateway.errors import GatewayError
 from gateway.providers import get_adapter
@@ -17,6 +17,17 @@ from gateway.providers.base import Deployment, StreamState
 from gateway.request import ChatRequest
 from gateway.sse import SSEDecoder
 from gateway.transport import Transport, UpstreamResponse
+
+
+# A stage counter: listener(deployment, seconds, error or None) after every provider call that
+# ended (cancelled ones, e.g. a hedge's loser, are not counted). The metrics register here at start-up.
+AttemptListener = Callable[[Deployment, float, "GatewayError | None"], None]
+attempt_listeners: list[AttemptListener] = []
+
+
+def _attempted(deployment: Deployment, seconds: float, err: GatewayError | None) -> None:
+    for listener in attempt_listeners:
+        listener(deployment, seconds, err)
 
 
 def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None) -> GatewayError:
@@ -32,11 +43,21 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
     t0 = perf_counter()
     try:
         status, data, retry_after = await transport.send(upstream, timeout)
+    except GatewayError as err:
+        _attempted(deployment, perf_counter() - t0, err)
+        raise
     finally:
         req.outcome.upstream_seconds += perf_counter() - t0
-    if status >= 400:
-        raise _upstream_error(adapter, status, data, retry_after)
-    return adapter.parse_response(data, deployment)
+    seconds = perf_counter() - t0
+    try:
+        if status >= 400:
+            raise _upstream_error(adapter, status, data, retry_after)
+        completion = adapter.parse_response(data, deployment)
+    except GatewayError as err:
+        _attempted(deployment, seconds, err)
+        raise
+    _attempted(deployment, seconds, None)
+    return completion
 
 
 class UpstreamStream:
@@ -84,6 +105,10 @@ async def open_stream(req: ChatRequest, deployment: Deployment, transport: Trans
             data = await resp.read()
             await resp.close()
             raise _upstream_error(adapter, resp.status, data, resp.retry_after)
+    except GatewayError as err:
+        _attempted(deployment, perf_counter() - t0, err)
+        raise
     finally:
         req.outcome.upstream_seconds += perf_counter() - t0
+    _attempted(deployment, perf_counter() - t0, None)  # a stream counts as answered when its headers came
     return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment))

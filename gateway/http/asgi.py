@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from time import perf_counter
 from typing import AsyncIterator
 
+from gateway import accesslog
 from gateway import reload as reloading
 from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
@@ -42,6 +43,17 @@ class Gateway:
         self.usage = Usage()
         self.finish = Finish()
         self.finish.add(self.usage.on_finish)
+        self.sampler = None  # gateway/sampler.py: gauges read on a timer; None when metrics are off
+        if settings.metrics:
+            from gateway import metrics  # not imported at all with metrics off: their cost is then nil
+            from gateway.sampler import Sampler
+
+            metrics.install(self.finish, settings.price_table)
+            self.sampler = Sampler(self)
+        self.access_log = None
+        if accesslog.enabled(settings):
+            self.access_log = accesslog.AccessLog(settings.access_log, settings.price_table)
+            self.finish.add(self.access_log.on_finish)
         self.admission = Admission(self.router, self.cache)
         self.pipeline = Pipeline(self.router, self.cache)
         self.relay = Relay(self.admission, self.pipeline, self.finish, settings.stream_ping_seconds)
@@ -63,6 +75,8 @@ class Gateway:
         sighup = reloading.install(self._on_sighup)  # gateway/reload.py: how reloads reach every worker
         if self.cache is not None:
             await self.cache.start()  # loads live entries from Redis; never fails on a Redis outage
+        if self.sampler is not None:
+            self.sampler.start()
         yield
         if sighup:
             reloading.uninstall()
@@ -70,6 +84,13 @@ class Gateway:
         await self.router.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.sampler is not None:
+            await self.sampler.stop()
+            from gateway import metrics
+
+            metrics.worker_exit()
 
     def reload_config(self) -> Settings:
         """Re-read the environment and GATEWAY_CONFIG; swap one snapshot.

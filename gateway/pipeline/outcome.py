@@ -53,13 +53,14 @@ class Outcome:
     # Cache.
     cache: str | None = None  # hit | semantic-hit | miss | bypass; None when the cache did not run
     similarity: float | None = None
-    # Usage as the provider reported it (a cut stream: what it reported so far).
+    # Usage as the provider reported it (a cut stream: what it reported so far; a cache hit: the stored answer's).
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     # Time.
     upstream_seconds: float = 0.0  # spent waiting on providers, summed over attempts
     first_chunk_seconds: float | None = None  # arrival to the first chunk sent to the client
+    chunks: int = 0  # stream chunks sent (the mean gap between them is a metric)
     finished: float = 0.0  # time.perf_counter() when the finish hook ran
     # Failure.
     error_type: str | None = None
