@@ -96,6 +96,11 @@ PROCESS_CPU = Gauge("gateway_process_cpu_seconds", "CPU time of the worker (user
 PROCESS_RSS = Gauge("gateway_process_resident_memory_bytes", "Resident memory of the worker.", multiprocess_mode="liveall")
 PROCESS_FDS = Gauge("gateway_process_open_fds", "Open file descriptors of the worker.", multiprocess_mode="liveall")
 PROCESS_MAX_FDS = Gauge("gateway_process_max_fds", "The worker's file descriptor limit.", multiprocess_mode="livemin")
+CONTAINER_MEMORY = Gauge(
+    "gateway_container_memory_bytes", "The cgroup's memory use (memory.current): what an OOM kill is judged on.",
+    multiprocess_mode="livemax")
+CONTAINER_MEMORY_LIMIT = Gauge(
+    "gateway_container_memory_limit_bytes", "The cgroup's memory limit (memory.max; 0: none).", multiprocess_mode="livemax")
 CACHE_ENTRIES = Gauge("gateway_cache_entries", "Entries in the worker's cache.", multiprocess_mode="liveall")
 CACHE_MAX_ENTRIES = Gauge("gateway_cache_max_entries", "The cache's entry bound.", multiprocess_mode="livemax")
 VERIFY_PENDING = Gauge(

@@ -32,6 +32,18 @@ def process_sample() -> None:
     except OSError:
         m.PROCESS_RSS.set(usage.ru_maxrss * 1024)  # no /proc: the high-water mark is what there is
     m.PROCESS_MAX_FDS.set(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    current, limit = _read_int("/sys/fs/cgroup/memory.current"), _read_int("/sys/fs/cgroup/memory.max")
+    if current is not None:
+        m.CONTAINER_MEMORY.set(current)
+        m.CONTAINER_MEMORY_LIMIT.set(limit or 0)  # "max": no limit
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 class Sampler:
