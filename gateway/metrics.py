@@ -175,6 +175,11 @@ class Recorder:
         self.keys = Bounded()
         self.deployments = Bounded()
         self._children: dict[tuple, Any] = {}  # (metric id, *labels) -> child
+        # Series of a closed label set exist from the start at 0: rate() needs a sample before the first event.
+        for tier in ("exact", "semantic"):
+            self._child(CACHE_HITS, tier)
+        for kind in ("client", "policy", "provider", "gateway"):
+            self._child(FAILED, kind)
 
     def _child(self, metric, *labels: str):
         key = (id(metric), *labels)

@@ -47,7 +47,7 @@ def _read_int(path: str) -> int | None:
 
 
 class Sampler:
-    def __init__(self, gateway, interval: float = 2.0, redis_every: int = 5) -> None:
+    def __init__(self, gateway, interval: float = 2.0, redis_every: int = 1) -> None:
         self.gateway = gateway
         self.interval = interval
         self.redis_every = redis_every  # a Redis round trip every this many samples
