@@ -187,6 +187,20 @@ def check_config(args: argparse.Namespace) -> None:
     print(f"ok: providers {', '.join(providers)}; {len(settings.models)} model groups; {len(settings.api_keys)} keys")
 
 
+def doctor(args: argparse.Namespace) -> None:
+    from gateway import doctor as checks
+
+    url, key = args.url, args.key
+    if url is None or key is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            _fail(str(exc))
+        url = url or f"http://{bind_address(settings.host)}:{settings.port}"
+        key = key or next((k.key for k in settings.api_keys.values() if k.admin), None)
+    raise SystemExit(checks.run(url, key, args.interval))
+
+
 def simulate(args: argparse.Namespace) -> None:
     from gateway import simulator
 
@@ -211,6 +225,14 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("check-config", help="validate the settings and exit")
     p.set_defaults(func=check_config)
+
+    # gateway.doctor is imported only when it runs: it loads prometheus_client, which must not be
+    # imported in this process before `serve` sets PROMETHEUS_MULTIPROC_DIR (the workers fork from it).
+    p = sub.add_parser("doctor", help="walk the troubleshooting guide against a running gateway")
+    p.add_argument("--url", default=None, help="the gateway (default: API_URL)")
+    p.add_argument("--key", default=None, help="an admin key, for the cache checks (default: the first admin key)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between the two scrapes (rates, memory trend)")
+    p.set_defaults(func=doctor)
 
     args = parser.parse_args(argv)
     args.func(args)
