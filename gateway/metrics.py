@@ -11,9 +11,9 @@ all of them. Gauges say how they aggregate: live connections are summed,
 per-worker facts (breaker state, RSS, cache size) keep a ``pid`` label. A
 worker that exits marks its live gauges dead; its counters stay counted.
 
-Hot path: one listener call per request. Label children are looked up once
-per label tuple and kept in plain dicts (``labels()`` takes a lock and
-re-validates on every call), and every label value is bounded: route
+Hot path: one listener call per request, writing into plain per-worker
+buffers that are flushed to prometheus-client once a second (see
+``Recorder``): a scrape lags the requests by at most that. Every label value is bounded: route
 templates, status codes, the closed error-type set, deployments and key
 names capped at ``MAX_VALUES`` distinct values each (then ``other``).
 """
@@ -21,6 +21,7 @@ names capped at ``MAX_VALUES`` distinct values each (then ``other``).
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -166,27 +167,88 @@ class Bounded:
         return value
 
 
+class _Count:
+    """A counter child's increments since the last flush: a float add on the request path."""
+
+    __slots__ = ("child", "n")
+
+    def __init__(self, child) -> None:
+        self.child = child
+        self.n = 0.0
+
+    def inc(self, n: float = 1.0) -> None:
+        self.n += n
+
+    def flush(self) -> None:
+        n, self.n = self.n, 0.0
+        if n:
+            self.child.inc(n)
+
+
+class _Observe:
+    """A histogram child's observations since the last flush: a bisect and two adds on the request path."""
+
+    __slots__ = ("child", "bounds", "counts", "total", "dirty")
+
+    def __init__(self, child) -> None:
+        self.child = child
+        self.bounds = child._upper_bounds  # the library's own bucket bounds (+Inf last)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.dirty = False
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # buckets are "le": the first bound >= value
+        self.total += value
+        self.dirty = True
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        counts, self.counts = self.counts, [0] * len(self.bounds)
+        total, self.total, self.dirty = self.total, 0.0, False
+        # The child's per-bucket values (non-cumulative, as its own observe() keeps them) and its sum.
+        for value, n in zip(self.child._buckets, counts):
+            if n:
+                value.inc(n)
+        self.child._sum.inc(total)
+
+
 class Recorder:
-    """The per-request recording: ``on_finish`` (finish hook) and ``on_attempt`` (upstream stage)."""
+    """The per-request recording: ``on_finish`` (finish hook) and ``on_attempt`` (upstream stage).
+
+    Nothing here touches prometheus-client's values on the request path: in multiprocess mode
+    each of them is a lock, a getpid() and an mmap write (measured 8 µs apiece, ~12 per
+    request, ~96 µs per request on this host). Increments go to plain per-child buffers that
+    ``flush()`` writes out, once a second from the sampler and before this worker renders a scrape.
+    """
 
     def __init__(self, prices: dict[str, Price]) -> None:
         self.prices = prices
         self.models = Bounded()
         self.keys = Bounded()
         self.deployments = Bounded()
-        self._children: dict[tuple, Any] = {}  # (metric id, *labels) -> child
+        self._children: dict[tuple, _Count | _Observe] = {}  # (metric id, *labels) -> buffer
         # Series of a closed label set exist from the start at 0: rate() needs a sample before the first event.
         for tier in ("exact", "semantic"):
             self._child(CACHE_HITS, tier)
         for kind in ("client", "policy", "provider", "gateway"):
             self._child(FAILED, kind)
+        self._cache_requests = self._child(CACHE_REQUESTS)
+        self._hedges = self._child(HEDGES)
+        self._similarity = self._child(SIMILARITY)
 
     def _child(self, metric, *labels: str):
         key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        buf = self._children.get(key)
+        if buf is None:
+            child = metric.labels(*labels) if labels else metric
+            buf = self._children[key] = _Observe(child) if isinstance(metric, Histogram) else _Count(child)
+        return buf
+
+    def flush(self) -> None:
+        for buf in list(self._children.values()):
+            buf.flush()
 
     def on_attempt(self, d, seconds: float, err) -> None:
         model = self.models(d.model)
@@ -207,13 +269,13 @@ class Recorder:
                 self._child(RATE_LIMITED, self.keys(o.key_name)).inc()
         cache = o.cache
         if cache is not None and cache != "bypass":
-            CACHE_REQUESTS.inc()
+            self._cache_requests.inc()
             if cache == "hit":
                 self._child(CACHE_HITS, "exact").inc()
             elif cache == "semantic-hit":
                 self._child(CACHE_HITS, "semantic").inc()
                 if o.similarity is not None:
-                    SIMILARITY.observe(o.similarity)
+                    self._similarity.observe(o.similarity)
         if o.status != 200 or req is None:
             return
         if o.from_cache:
@@ -231,7 +293,7 @@ class Recorder:
         if o.failover:
             self._child(FAILOVERS, self.deployments(d.name)).inc()
         if o.hedged:
-            HEDGES.inc()
+            self._hedges.inc()
         first = o.first_chunk_seconds
         if first is not None and o.surface != "rest":
             self._child(TTFT, d.provider, model).observe(first)
@@ -276,8 +338,15 @@ def render() -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+def flush() -> None:
+    """Write this worker's buffered increments to the shared values."""
+    if _recorder is not None:
+        _recorder.flush()
+
+
 def worker_exit(pid: int | None = None) -> None:
-    """Drop this worker's live gauges (its counters stay: the totals must not go down)."""
+    """Write what is buffered, then drop this worker's live gauges (its counters stay: totals never go down)."""
+    flush()
     path = multiprocess_dir()
     if path is not None:
         multiprocess.mark_process_dead(pid or os.getpid(), path)

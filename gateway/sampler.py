@@ -1,6 +1,8 @@
-"""Gauges read on a timer, per worker: breakers, process, cache, verifier, Redis.
+"""The metrics' timer, per worker: flushes the request buffers, samples the gauges.
 
-These are states, not events, so they are sampled every ``interval`` seconds
+Every ``interval`` the request metrics buffered by ``metrics.Recorder`` are
+written out; every ``sample_every`` intervals the gauges (breakers, process,
+cache, verifier, Redis) are read: states, not events, so they are sampled
 (and right before this worker renders a scrape) instead of being updated on
 the request path. Counters kept elsewhere as plain ints (Redis errors,
 verifier sheds, finish-listener failures) are forwarded as deltas.
@@ -47,10 +49,10 @@ def _read_int(path: str) -> int | None:
 
 
 class Sampler:
-    def __init__(self, gateway, interval: float = 2.0, redis_every: int = 1) -> None:
+    def __init__(self, gateway, interval: float = 1.0, sample_every: int = 2) -> None:
         self.gateway = gateway
-        self.interval = interval
-        self.redis_every = redis_every  # a Redis round trip every this many samples
+        self.interval = interval  # the request metrics' buffers are flushed every interval
+        self.sample_every = sample_every  # gauges (and a Redis round trip) every this many intervals
         self._task: asyncio.Task | None = None
         self._seen = {"redis_errors": 0, "verify_shed": 0, "failures": 0, "log_dropped": 0}
         self._ticks = 0
@@ -69,8 +71,9 @@ class Sampler:
     async def _run(self) -> None:
         while True:
             try:
-                self.sample()
-                if self._ticks % self.redis_every == 0:
+                m.flush()
+                if self._ticks % self.sample_every == 0:
+                    self.sample()
                     await self.sample_redis()
             except Exception:  # noqa: BLE001 - a sampling bug must not stop the next sample
                 log.exception("metrics sampling failed")

@@ -269,6 +269,7 @@ def stack(redis_url):
                     if prom is not None:
                         prom.wait_scraped()  # a sample before the mix, so the rates show it
                     _run_mix(gw.url, mix)
+                    time.sleep(1.5)  # each worker flushes its buffered request metrics every second
                     yield gw, mix, access, prom
                 finally:
                     if prom is not None:

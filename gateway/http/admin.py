@@ -128,7 +128,8 @@ def build(gateway) -> Starlette:
             raise GatewayError(404, "Metrics are off on this gateway (GATEWAY_METRICS=off).", code="metrics_disabled")
         from gateway import metrics
 
-        gateway.sampler.sample()  # this worker's gauges fresh; the others are at most one interval old
+        metrics.flush()
+        gateway.sampler.sample()  # this worker fresh; the others are at most one interval (1 s, 2 s for gauges) behind
         body, content_type = await run_in_threadpool(metrics.render)  # reads every worker's files: off the loop
         return Response(body, media_type=content_type)
 
