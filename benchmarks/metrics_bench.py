@@ -7,7 +7,9 @@ Three ``gateway serve`` processes (one Granian worker each, pinned to the gatewa
 so every request is relayed) and the simulator straight (pinned to the load core with wrk), run
 interleaved round by round (direct, on, off, on+log, then reversed), non-streaming and streaming
 (30 one-token chunks). Reported: the median per-round ratio of each gateway's requests/s to the
-direct run of its round, and of "metrics on" to "metrics off" (the recording's cost). All on
+direct run of its round, and of "metrics on" to "metrics off" (the recording's cost); and the
+gateway worker's CPU time per request (utime + stime from /proc over the run / requests), which
+other tenants of a shared host disturb much less than requests/s. All on
 127.0.0.1; it stops by itself. Needs wrk and taskset (see gateway_bench.py).
 """
 
@@ -22,7 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gateway_bench import CHAT_LUA, STREAM_LUA, GatewayProcess, check_chat, interleaved, log, run_wrk  # noqa: E402
+from benchmarks.gateway_bench import (  # noqa: E402
+    CHAT_LUA, STREAM_LUA, GatewayProcess, check_chat, interleaved, log, proc_ticks, run_wrk,
+)
+
+TICK = os.sysconf("SC_CLK_TCK")
 
 VARIANTS = {
     "on": {"GATEWAY_METRICS": "on"},
@@ -62,10 +68,22 @@ def main(argv: list[str] | None = None) -> int:
         targets = [("direct", sim.base_url)] + [(label, g.url) for label, g in gateways.items()]
         pids = [pid for g in gateways.values() for pid in (g.proc.pid, *g.worker_pids())]
         rows = []
+        cpu_rows = []
+
+        def measure(label: str, url: str, script: Path) -> dict:
+            workers = gateways[label].worker_pids() if label in gateways else []
+            t0 = proc_ticks(workers)
+            r = run_wrk(url, script, args.connections, args.duration, load_cpu)
+            r["cpu_us"] = (proc_ticks(workers) - t0) / TICK / r["requests"] * 1e6 if workers else None
+            return r
+
         for name, script in (("nonstream", CHAT_LUA), ("stream", STREAM_LUA)):
             runs = interleaved(
-                name, targets, lambda label, url: run_wrk(url, script, args.connections, args.duration, load_cpu),
+                name, targets, lambda label, url: measure(label, url, script),
                 lambda label, url: run_wrk(url, script, args.connections, 1, load_cpu), args.rounds, gw_cpu, lambda: pids)
+            for label in VARIANTS:
+                cpu = [r["cpu_us"] for r in runs[label]]
+                cpu_rows.append((name, label, statistics.median(cpu), cpu))
             direct = runs["direct"]
             for label in VARIANTS:
                 ratios = [g["rps"] / d["rps"] for d, g in zip(direct, runs[label])]
@@ -81,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, label, rps, ratio, p99 in rows:
             print(f"{name:<10} {label:<12} {'' if rps is None else f'{rps:9,.0f}':>9} {ratio:7.3f} "
                   f"{'' if p99 is None else f'{p99:7.2f}':>7}")
+        print(f"\n{'scenario':<10} {'gateway':<12} {'CPU us/request (median; per round)'}")
+        for name, label, med, cpu in cpu_rows:
+            print(f"{name:<10} {label:<12} {med:7.1f}  ({' / '.join(f'{c:.0f}' for c in cpu)})")
         lines = sum(1 for _ in open(log_file, "rb"))
         print(f"access log lines written by the on+log gateway: {lines:,}")
     finally:

@@ -29,57 +29,44 @@ def enabled(settings) -> bool:
     return settings.access_log != "off" and settings.log_level in LEVELS_ON
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
+def _us(seconds: float | None) -> int | None:
+    # Integer microseconds: exact enough, and cheaper to make and print than rounded floats.
+    return None if seconds is None else int(seconds * 1e6)
 
 
 def line(req, o, prices: dict[str, Price]) -> dict:
     """What one request did, for humans and log pipelines (the secret key never appears: its name does)."""
-    d = o.deployment
     elapsed = o.finished - o.started
-    entry = {
-        "ts": round(time.time(), 3),
-        "request_id": o.request_id,
-        "method": o.method,
-        "route": o.route,
-        "status": o.status,
-        "latency_ms": _ms(elapsed),
-        "overhead_ms": _ms(max(0.0, elapsed - o.upstream_seconds)),
-    }
-    if o.key_name is not None:
-        entry["key"] = o.key_name
-    if o.model is None:
+    if o.model is None:  # refused before its model was known, or not a chat route
+        entry = {
+            "ts": time.time(), "request_id": o.request_id, "method": o.method, "route": o.route, "status": o.status,
+            "latency_us": int(elapsed * 1e6), "overhead_us": int(max(0.0, elapsed - o.upstream_seconds) * 1e6),
+        }
+        if o.key_name is not None:
+            entry["key"] = o.key_name
         if o.error_type is not None:
             entry["error_type"] = o.error_type
             entry["error_code"] = o.error_code
         return entry
+    d = o.deployment
     model = d.model if d is not None else None
     if model is None and req is not None and req.group is not None and req.group.deployments:
         model = req.group.deployments[0].model  # a cache hit: priced as its primary deployment would have been
     price = prices.get(model) if model else None
     cost = price.cost(o.prompt_tokens, o.completion_tokens, o.cached_tokens) if price and o.status == 200 else 0.0
-    entry.update(
-        surface=o.surface,
-        model=o.model,
-        provider=d.provider if d is not None else None,
-        deployment=d.name if d is not None else None,
-        attempts=o.attempts,
-        failover=o.failover,
-        hedged=o.hedged,
-        cache=o.cache,
-        similarity=o.similarity,
-        prompt_tokens=o.prompt_tokens,
-        completion_tokens=o.completion_tokens,
-        cached_tokens=o.cached_tokens,
-        cost_usd=0.0 if o.from_cache else round(cost, 8),
-        saved_usd=round(cost, 8) if o.from_cache else 0.0,
-        upstream_ms=_ms(o.upstream_seconds),
-        ttft_ms=_ms(o.first_chunk_seconds),
-        error_type=o.error_type,
-        error_code=o.error_code,
-        client_gone=o.client_gone,
-    )
-    return entry
+    cached = o.from_cache
+    return {
+        "ts": time.time(), "request_id": o.request_id, "method": o.method, "route": o.route, "status": o.status,
+        "latency_us": int(elapsed * 1e6), "overhead_us": int(max(0.0, elapsed - o.upstream_seconds) * 1e6),
+        "key": o.key_name, "surface": o.surface, "model": o.model,
+        "provider": d.provider if d is not None else None, "deployment": d.name if d is not None else None,
+        "attempts": o.attempts, "failover": o.failover, "hedged": o.hedged,
+        "cache": o.cache, "similarity": o.similarity,
+        "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens, "cached_tokens": o.cached_tokens,
+        "cost_usd": 0.0 if cached else cost, "saved_usd": cost if cached else 0.0,
+        "upstream_us": int(o.upstream_seconds * 1e6), "ttft_us": _us(o.first_chunk_seconds),
+        "error_type": o.error_type, "error_code": o.error_code, "client_gone": o.client_gone,
+    }
 
 
 class AccessLog:
