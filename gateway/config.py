@@ -127,6 +127,7 @@ class Settings:
     config_file: str | None = None
     # Observability (gateway/metrics.py, gateway/accesslog.py, gateway/prices.py)
     metrics: bool = True  # GATEWAY_METRICS: off drops the metrics listener and /metrics (to measure its cost)
+    traces: bool = False  # GATEWAY_TRACES: OpenTelemetry spans over OTLP (the optional extra "traces")
     access_log: str = "-"  # GATEWAY_ACCESS_LOG: "-" stderr, "off", or a file path; lines at INFO (LOG_LEVEL)
     prices: dict[str, Any] = field(default_factory=dict)  # the TOML [prices] table
     price_table: dict[str, Any] = field(default_factory=dict)  # model -> prices.Price, defaults + [prices]
@@ -225,6 +226,7 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", lambda n, v: _float(n, v, 0, 3600, lo_open=True)),
     "GATEWAY_METRICS": ("metrics", _bool),
     "GATEWAY_ACCESS_LOG": ("access_log", _str),
+    "GATEWAY_TRACES": ("traces", _bool),
 }
 
 

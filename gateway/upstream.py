@@ -8,8 +8,11 @@ gateway can report its own overhead.
 
 from __future__ import annotations
 
+import asyncio
 from time import perf_counter
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
+
+from gateway import tracing
 
 from gateway.errors import GatewayError
 from gateway.providers import get_adapter
@@ -25,9 +28,11 @@ AttemptListener = Callable[[Deployment, float, "GatewayError | None"], None]
 attempt_listeners: list[AttemptListener] = []
 
 
-def _attempted(deployment: Deployment, seconds: float, err: GatewayError | None) -> None:
+def _attempted(deployment: Deployment, seconds: float, err: GatewayError | None, span: Any = None) -> None:
     for listener in attempt_listeners:
         listener(deployment, seconds, err)
+    if span is not None:
+        tracing.end_attempt(span, err)
 
 
 def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None) -> GatewayError:
@@ -40,11 +45,16 @@ def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None
 async def complete(req: ChatRequest, deployment: Deployment, transport: Transport, timeout: float) -> dict:
     adapter = get_adapter(deployment.provider)
     upstream = adapter.build_request(req.body, deployment, False)
+    span = tracing.start_attempt(req, deployment, upstream.headers) if tracing.tracer is not None else None
     t0 = perf_counter()
     try:
         status, data, retry_after = await transport.send(upstream, timeout)
     except GatewayError as err:
-        _attempted(deployment, perf_counter() - t0, err)
+        _attempted(deployment, perf_counter() - t0, err, span)
+        raise
+    except asyncio.CancelledError:
+        if span is not None:
+            span.end()  # a hedge's loser, or the client left
         raise
     finally:
         req.outcome.upstream_seconds += perf_counter() - t0
@@ -54,9 +64,9 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
             raise _upstream_error(adapter, status, data, retry_after)
         completion = adapter.parse_response(data, deployment)
     except GatewayError as err:
-        _attempted(deployment, seconds, err)
+        _attempted(deployment, seconds, err, span)
         raise
-    _attempted(deployment, seconds, None)
+    _attempted(deployment, seconds, None, span)
     return completion
 
 
@@ -98,6 +108,7 @@ class UpstreamStream:
 async def open_stream(req: ChatRequest, deployment: Deployment, transport: Transport, timeout: float) -> UpstreamStream:
     adapter = get_adapter(deployment.provider)
     upstream = adapter.build_request(req.body, deployment, True)
+    span = tracing.start_attempt(req, deployment, upstream.headers) if tracing.tracer is not None else None
     t0 = perf_counter()
     try:
         resp = await transport.open(upstream, timeout)
@@ -106,9 +117,13 @@ async def open_stream(req: ChatRequest, deployment: Deployment, transport: Trans
             await resp.close()
             raise _upstream_error(adapter, resp.status, data, resp.retry_after)
     except GatewayError as err:
-        _attempted(deployment, perf_counter() - t0, err)
+        _attempted(deployment, perf_counter() - t0, err, span)
+        raise
+    except asyncio.CancelledError:
+        if span is not None:
+            span.end()
         raise
     finally:
         req.outcome.upstream_seconds += perf_counter() - t0
-    _attempted(deployment, perf_counter() - t0, None)  # a stream counts as answered when its headers came
+    _attempted(deployment, perf_counter() - t0, None, span)  # a stream counts as answered when its headers came
     return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment))

@@ -50,6 +50,12 @@ class Gateway:
 
             metrics.install(self.finish, settings.price_table)
             self.sampler = Sampler(self)
+        if settings.traces:
+            from gateway import tracing  # the optional extra: imported only when on
+
+            if tracing.tracer is None:
+                tracing.enable()
+            self.finish.add(tracing.on_finish)
         self.access_log = None
         if accesslog.enabled(settings):
             self.access_log = accesslog.AccessLog(settings.access_log, settings.price_table)
