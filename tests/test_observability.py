@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.prices import DEFAULTS
 from gateway.simulator import SimulatorProcess
-from tests.harness import ADMIN_KEY, API_KEY, running_gateway, simulator_env
+from tests.harness import ADMIN_KEY, API_KEY, running_gateway, simulator_env, wait_ok
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,16 +213,9 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("prometheus did not become ready")
+        if not wait_ok(self.url + "/-/ready", self.proc, 20):
+            self.stop()
+            raise RuntimeError(f"prometheus did not become ready: {(workdir / 'prometheus.log').read_text()[-2000:]}")
 
     def query(self, expr: str) -> dict:
         url = self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
