@@ -12,8 +12,10 @@ import logging
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from gateway.config import ConfigError, Settings, load_settings
@@ -92,6 +94,21 @@ def _override(settings: Settings, args: argparse.Namespace) -> None:
         settings.port = args.port
 
 
+def prepare_metrics_dir() -> tuple[str, bool]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers, emptied (or made) before any starts: left-over files
+    would be summed into the new counts. Returns (path, made here: remove it on exit)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        return path, True
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(path, name))
+    return path, False
+
+
 def serve(args: argparse.Namespace) -> None:
     try:
         settings = load_settings()
@@ -121,6 +138,8 @@ def serve(args: argparse.Namespace) -> None:
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
 
+    # Set before a worker imports prometheus_client (this process never does): it picks its value store at import.
+    metrics_dir, own_dir = prepare_metrics_dir() if settings.metrics else (None, False)
     keys = list(settings.api_keys)
     log.info(
         "gateway listening on http://%s:%d (%d worker%s, %d API key%s)",
@@ -145,6 +164,8 @@ def serve(args: argparse.Namespace) -> None:
     try:
         server.serve()
     finally:
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if sim is not None:
             sim.send_signal(signal.SIGTERM)
             try:
@@ -160,6 +181,20 @@ def check_config(args: argparse.Namespace) -> None:
         _fail(str(exc))
     providers = settings.configured_providers or ["(none: the embedded simulator would be used)"]
     print(f"ok: providers {', '.join(providers)}; {len(settings.models)} model groups; {len(settings.api_keys)} keys")
+
+
+def doctor(args: argparse.Namespace) -> None:
+    from gateway import doctor as checks
+
+    url, key = args.url, args.key
+    if url is None or key is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            _fail(str(exc))
+        url = url or f"http://{bind_address(settings.host)}:{settings.port}"
+        key = key or next((k.key for k in settings.api_keys.values() if k.admin), None)
+    raise SystemExit(checks.run(url, key, args.interval))
 
 
 def simulate(args: argparse.Namespace) -> None:
@@ -186,6 +221,14 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("check-config", help="validate the settings and exit")
     p.set_defaults(func=check_config)
+
+    # gateway.doctor is imported only when it runs: it loads prometheus_client, which must not be
+    # imported in this process before `serve` sets PROMETHEUS_MULTIPROC_DIR (the workers fork from it).
+    p = sub.add_parser("doctor", help="walk the troubleshooting guide against a running gateway")
+    p.add_argument("--url", default=None, help="the gateway (default: API_URL)")
+    p.add_argument("--key", default=None, help="an admin key, for the cache checks (default: the first admin key)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between the two scrapes (rates, memory trend)")
+    p.set_defaults(func=doctor)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -35,6 +35,7 @@ class ChatRequest:
     default_timeout: float = 30.0  # REQUEST_TIMEOUT_SECONDS of the snapshot admitted under (set by admission)
     cache_controls: Any = None  # the cache headers, validated at admission (None: no cache)
     cache_state: Any = None  # what the cache's lookup learnt, for its store
+    trace: Any = None  # the request's OpenTelemetry span when tracing is on (gateway/tracing.py)
     max_upstream_bytes: int = 16 * 1_048_576  # GATEWAY_MAX_UPSTREAM_BYTES: a provider's whole answer
     max_event_bytes: int = 1_048_576  # GATEWAY_MAX_EVENT_BYTES: one event of a provider's stream
 

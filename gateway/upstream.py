@@ -8,10 +8,11 @@ gateway can report its own overhead.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
+import asyncio
 from time import perf_counter
+from typing import Any, AsyncIterator, Callable
 
+from gateway import tracing
 from gateway.errors import GatewayError, upstream_error
 from gateway.providers import get_adapter
 from gateway.providers.base import Deployment, StreamState
@@ -19,6 +20,19 @@ from gateway.providers.common import check_chunk, check_completion
 from gateway.request import ChatRequest
 from gateway.sse import DONE_DATA, SSEDecoder
 from gateway.transport import Transport, UpstreamResponse, timed_out
+
+
+# A stage counter: listener(deployment, seconds, error or None) after every provider call that
+# ended (cancelled ones, e.g. a hedge's loser, are not counted). The metrics register here at start-up.
+AttemptListener = Callable[[Deployment, float, "GatewayError | None"], None]
+attempt_listeners: list[AttemptListener] = []
+
+
+def _attempted(deployment: Deployment, seconds: float, err: GatewayError | None, span: Any = None) -> None:
+    for listener in attempt_listeners:
+        listener(deployment, seconds, err)
+    if span is not None:
+        tracing.end_attempt(span, err)
 
 
 def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None) -> GatewayError:
@@ -34,16 +48,32 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
     adapter = get_adapter(deployment.provider)
     upstream = adapter.build_request(req.body, deployment, False)
     upstream.max_bytes = req.max_upstream_bytes
+    span = tracing.start_attempt(req, deployment, upstream.headers) if tracing.tracer is not None else None
     if timed:
-        t0 = req.outcome.wait_begin()
+        req.outcome.wait_begin()
+    t0 = perf_counter()
     try:
         status, data, retry_after = await transport.send(upstream, timeout)
+    except GatewayError as err:
+        _attempted(deployment, perf_counter() - t0, err, span)
+        raise
+    except asyncio.CancelledError:
+        if span is not None:
+            span.end()  # a hedge's loser, or the client left
+        raise
     finally:
         if timed:
             req.outcome.wait_end(t0)
-    if status >= 400:
-        raise _upstream_error(adapter, status, data, retry_after)
-    return check_completion(adapter.parse_response(data, deployment), adapter.LABEL)
+    seconds = perf_counter() - t0
+    try:
+        if status >= 400:
+            raise _upstream_error(adapter, status, data, retry_after)
+        completion = check_completion(adapter.parse_response(data, deployment), adapter.LABEL)
+    except GatewayError as err:
+        _attempted(deployment, seconds, err, span)
+        raise
+    _attempted(deployment, seconds, None, span)
+    return completion
 
 
 def _cut(label: str) -> GatewayError:
@@ -119,11 +149,22 @@ class UpstreamStream:
 async def open_stream(req: ChatRequest, deployment: Deployment, transport: Transport, timeout: float) -> UpstreamStream:
     adapter = get_adapter(deployment.provider)
     upstream = adapter.build_request(req.body, deployment, True)
-    resp = await transport.open(upstream, timeout)
-    if resp.status >= 400:
-        data = await resp.read()
-        await resp.close()
-        raise _upstream_error(adapter, resp.status, data, resp.retry_after)
+    span = tracing.start_attempt(req, deployment, upstream.headers) if tracing.tracer is not None else None
+    t0 = perf_counter()
+    try:
+        resp = await transport.open(upstream, timeout)
+        if resp.status >= 400:
+            data = await resp.read()
+            await resp.close()
+            raise _upstream_error(adapter, resp.status, data, resp.retry_after)
+    except GatewayError as err:
+        _attempted(deployment, perf_counter() - t0, err, span)
+        raise
+    except asyncio.CancelledError:
+        if span is not None:
+            span.end()
+        raise
+    _attempted(deployment, perf_counter() - t0, None, span)  # a stream counts as answered when its headers came
     return UpstreamStream(req, deployment, resp, adapter, adapter.new_stream(req.body, deployment), timeout)
 
 

@@ -43,6 +43,21 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def wait_ok(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Poll ``url`` until it answers 200 (True), or ``proc`` exits or the time is up (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 class GatewayProcess:
     def __init__(self, env: dict[str, str], workers: int = 1) -> None:
         self.port = int(env["API_URL"].rsplit(":", 1)[1]) if "API_URL" in env else free_port()
@@ -63,16 +78,10 @@ class GatewayProcess:
             [sys.executable, "-m", "gateway", "serve"],
             env=self.env, stdout=self.logfile, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
+        if wait_ok(self.url + "/health", self.proc, timeout):
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
         raise RuntimeError(f"gateway did not become healthy:\n{self.log()}")
 
     def log(self) -> str:

@@ -102,3 +102,15 @@ def test_bind_address_resolves_names():
     assert bind_address("127.0.0.1") == "127.0.0.1"
     assert bind_address("0.0.0.0") == "0.0.0.0"
     assert bind_address("localhost") == "127.0.0.1"
+
+
+def test_serve_process_does_not_import_prometheus_client_before_the_workers_fork():
+    # prometheus_client picks its value store (per process, or mmap files for multiprocess mode) at
+    # import; imported in the parent before PROMETHEUS_MULTIPROC_DIR is set, forked workers never
+    # write their metrics where a scrape looks.
+    import subprocess
+    import sys
+
+    code = "import sys, gateway.cli; gateway.cli.main(['check-config']); print('prometheus_client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

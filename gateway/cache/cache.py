@@ -81,6 +81,11 @@ class Cache:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def redis_client(self):
+        """The mirror's Redis client (for health checks), or None without REDIS_URL or before start()."""
+        return self.mirror.client if self.mirror is not None else None
+
     async def start(self) -> None:
         if self._started:
             return
@@ -284,6 +289,7 @@ class Cache:
             "candidate_threshold": cfg.candidate_threshold,
             "verifications": sem["verifications"],
             "verify_shed": sem["verify_shed"],
+            "verify_pending": sem["verify_pending"],
             "verify_errors": sem["verify_errors"],
             "guard_rejects": sem["guard_rejects"],
             "index": {"scopes": len(ent.scope_entries), "content_keys": len(ent.by_ckey),

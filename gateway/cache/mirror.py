@@ -61,6 +61,10 @@ class Mirror:
         self.mirrored_out = 0
         self.loaded = 0
 
+    @property
+    def client(self):
+        return getattr(self, "_redis", None)
+
     async def start(self) -> asyncio.Task:
         """Connect and load (a failure only degrades); the task that tails the stream and reconnects."""
         import redis.asyncio as aioredis

@@ -78,6 +78,7 @@ class Semantic:
                                                 "error": self.verifier_error},
             "verifications": self.verifications,
             "verify_shed": self.shed,
+            "verify_pending": self._pending,
             "verify_errors": self.errors,
             "guard_rejects": dict(self.guard_rejects),
         }

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from gateway import prices
 from gateway.auth import ApiKey
 from gateway.config.types import ROUTE_OPTIONS, ConfigError, ModelGroup, ProviderSettings, RoutePolicy, Settings
 from gateway.config.validate import boolean, choice, file, integer, number, string, table, url
@@ -55,6 +56,9 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "DATABASE_POOL_SIZE": ("database_pool_size", lambda n, v: integer(n, v, 1, 10_000)),
     "DATABASE_MAX_OVERFLOW": ("database_max_overflow", lambda n, v: integer(n, v, 0, 10_000)),
     "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", lambda n, v: number(n, v, 0, 3600, lo_open=True)),
+    "GATEWAY_METRICS": ("metrics", boolean),
+    "GATEWAY_ACCESS_LOG": ("access_log", string),
+    "GATEWAY_TRACES": ("traces", boolean),
 }
 
 
@@ -187,7 +191,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     path = env.get("GATEWAY_CONFIG") or None
     doc = _load_toml(path) if path else {}
     s.config_file = path
-    known_sections = {"gateway", "providers", "models", "aliases", "keys", "cache", "routing"}
+    known_sections = {"gateway", "providers", "models", "aliases", "keys", "cache", "routing", "prices"}
     unknown = set(doc) - known_sections
     if unknown:
         raise ConfigError(f"GATEWAY_CONFIG: unknown section [{sorted(unknown)[0]}]")
@@ -277,6 +281,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if env.get("GATEWAY_CACHE"):
         s.cache["enabled"] = boolean("GATEWAY_CACHE", env["GATEWAY_CACHE"])
     s.cache_config = _cache_config(s, explicit=lambda key: bool(env.get(key)) or key in file_settings)
+    s.prices = table("prices", doc.get("prices"))
+    try:
+        s.price_table = prices.table(s.prices)
+    except prices.PriceError as exc:
+        raise ConfigError(str(exc)) from None
     return s
 
 

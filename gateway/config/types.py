@@ -112,6 +112,12 @@ class Settings:
     # Keys
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
     config_file: str | None = None
+    # Observability (gateway/metrics.py, gateway/accesslog.py, gateway/prices.py)
+    metrics: bool = True  # GATEWAY_METRICS: off drops the metrics listener and /metrics (to measure its cost)
+    traces: bool = False  # GATEWAY_TRACES: OpenTelemetry spans over OTLP (the optional extra "traces")
+    access_log: str = "-"  # GATEWAY_ACCESS_LOG: "-" stderr, "off", or a file path; lines at INFO (LOG_LEVEL)
+    prices: dict[str, Any] = field(default_factory=dict)  # the TOML [prices] table
+    price_table: dict[str, Any] = field(default_factory=dict)  # model -> prices.Price, defaults + [prices]
 
     @property
     def configured_providers(self) -> list[str]:

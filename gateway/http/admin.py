@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,7 +29,7 @@ log = logging.getLogger("gateway")
 
 ROUTES = (
     "/health", "/ready", "/v1/models", "/v1/models/{model}", "/v1/usage", "/v1/providers",
-    "/admin/reload", "/admin/cache", "/admin/cache/flush",
+    "/admin/reload", "/admin/cache", "/admin/cache/flush", "/metrics",
 )
 
 
@@ -121,6 +122,17 @@ def build(gateway) -> Starlette:
             raise GatewayError(400, f"Cannot flush: {exc}.", param="namespace", code="invalid_cache_namespace") from None
         return json_response({"flushed": namespace or "*", "removed": removed, "worker": os.getpid()})
 
+    async def metrics_report(request: Request) -> Response:
+        """Prometheus exposition, summed over every worker (multiprocess mode); unauthenticated like /health."""
+        if gateway.sampler is None:
+            raise GatewayError(404, "Metrics are off on this gateway (GATEWAY_METRICS=off).", code="metrics_disabled")
+        from gateway import metrics
+
+        metrics.flush()
+        gateway.sampler.sample()  # this worker fresh; the others are at most one interval (1 s, 2 s for gauges) behind
+        body, content_type = await run_in_threadpool(metrics.render)  # reads every worker's files: off the loop
+        return Response(body, media_type=content_type)
+
     async def models(request: Request) -> Response:
         key_of(request)
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "gateway"} for m in gateway.router.model_names()]
@@ -166,6 +178,7 @@ def build(gateway) -> Starlette:
             Route("/admin/reload", admin_reload, methods=["POST"]),
             Route("/admin/cache", admin_cache_stats),
             Route("/admin/cache/flush", admin_cache_flush, methods=["POST"]),
+            Route("/metrics", metrics_report),
         ],
         exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: unexpected},
         lifespan=gateway.lifespan,

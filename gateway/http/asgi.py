@@ -18,6 +18,7 @@ from typing import AsyncIterator
 
 from starlette.types import Receive, Scope, Send
 
+from gateway import accesslog
 from gateway import reload as reloading
 from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
@@ -44,6 +45,23 @@ class Gateway:
         self.usage = Usage()
         self.finish = Finish()
         self.finish.add(self.usage.on_finish)
+        self.sampler = None  # gateway/sampler.py: gauges read on a timer; None when metrics are off
+        if settings.metrics:
+            from gateway import metrics  # not imported at all with metrics off: their cost is then nil
+            from gateway.sampler import Sampler
+
+            metrics.install(self.finish, settings.price_table)
+            self.sampler = Sampler(self)
+        if settings.traces:
+            from gateway import tracing  # the optional extra: imported only when on
+
+            if tracing.tracer is None:
+                tracing.enable()
+            self.finish.add(tracing.on_finish)
+        self.access_log = None
+        if accesslog.enabled(settings):
+            self.access_log = accesslog.AccessLog(settings.access_log, settings.price_table)
+            self.finish.add(self.access_log.on_finish)
         self.admission = Admission(self.router, self.cache)
         self.pipeline = Pipeline(self.router, self.cache)
         self.relay = Relay(self.admission, self.pipeline, self.finish, settings.stream_ping_seconds)
@@ -67,6 +85,8 @@ class Gateway:
         sighup = reloading.install(self._on_sighup)  # gateway/reload.py: how reloads reach every worker
         if self.cache is not None:
             await self.cache.start()  # loads live entries from Redis; never fails on a Redis outage
+        if self.sampler is not None:
+            self.sampler.start()
         yield
         if sighup:
             reloading.uninstall()
@@ -74,6 +94,13 @@ class Gateway:
         await self.router.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.sampler is not None:
+            await self.sampler.stop()
+            from gateway import metrics
+
+            metrics.worker_exit()
 
     def reload_config(self) -> Settings:
         """Re-read the environment and GATEWAY_CONFIG; swap one snapshot.

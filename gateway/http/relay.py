@@ -162,6 +162,7 @@ class Relay:
             out.status = 200
             if first:
                 out.first_chunk_seconds = perf_counter() - out.started
+                out.chunks += len(first)
                 await surface.batch(first)
             while True:
                 try:
@@ -170,6 +171,7 @@ class Relay:
                     break
                 if out.first_chunk_seconds is None:
                     out.first_chunk_seconds = perf_counter() - out.started
+                out.chunks += len(batch)
                 await surface.batch(batch)
             await surface.end()
         finally:

@@ -54,7 +54,7 @@ class Outcome:
     # Cache.
     cache: str | None = None  # hit | semantic-hit | miss | bypass; None when the cache did not run
     similarity: float | None = None
-    # Usage as the provider reported it (a cut stream: what it reported so far).
+    # Usage as the provider reported it (a cut stream: what it reported so far; a cache hit: the stored answer's).
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -62,6 +62,7 @@ class Outcome:
     upstream_seconds: float = 0.0  # spent waiting on providers (a hedge race's span counted once)
     waiting_since: float = 0.0  # perf_counter() when the wait now under way began; 0.0: none
     first_chunk_seconds: float | None = None  # arrival to the first chunk sent to the client
+    chunks: int = 0  # stream chunks sent (the mean gap between them is a metric)
     finished: float = 0.0  # time.perf_counter() when the finish hook ran
     # Failure.
     error_type: str | None = None
@@ -93,6 +94,7 @@ class Outcome:
         return t
 
     def wait_end(self, began: float) -> None:
+        """``began``: ``wait_begin``'s time (or any earlier clock reading of the same wait)."""
         self.upstream_seconds += perf_counter() - began
         self.waiting_since = 0.0
 

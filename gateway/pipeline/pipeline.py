@@ -37,6 +37,7 @@ class Pipeline:
         if result.response is None:
             return None
         out.similarity = result.similarity
+        out.add_usage(result.response.get("usage"))  # what the answer would have cost: the saved-cost metric
         return result.response
 
     async def complete(self, req: ChatRequest) -> dict:
