@@ -1,4 +1,4 @@
-"""``gateway serve | simulate | check-config``.
+"""``gateway serve | simulate | check-config`` (and the database's commands, gateway/db/commands.py).
 
 Settings are validated here, in the parent process, before any worker starts:
 a bad value prints one line naming it and exits with status 2.
@@ -117,6 +117,10 @@ def serve(args: argparse.Namespace) -> None:
     else:
         log.info("providers configured: %s", ", ".join(settings.configured_providers) or "(model groups only)")
 
+    from gateway.db.commands import prepare
+
+    prepare(settings)  # schema checked (SQLite: migrated) once, here, before any worker starts
+
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -186,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("check-config", help="validate the settings and exit")
     p.set_defaults(func=check_config)
+
+    from gateway.db import commands as db_commands
+
+    db_commands.add_parsers(sub)
 
     args = parser.parse_args(argv)
     args.func(args)

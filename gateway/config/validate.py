@@ -137,3 +137,23 @@ def table(name: str, raw: Any) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected a table")
     return raw
+
+
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
+            "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "postgresql+asyncpg": "postgresql+asyncpg"}
+
+
+def database_url(name: str, raw: Any) -> str | None:
+    """A SQLAlchemy URL with its async driver filled in (``postgresql://`` → ``postgresql+asyncpg://``); off/none: None."""
+    value = str(raw).strip()
+    if value.lower() in ("off", "none", "false"):
+        return None
+    scheme, sep, rest = value.partition("://")
+    driver = _DRIVERS.get(scheme.lower())
+    if not sep or driver is None:
+        raise ConfigError(f"{name}: expected sqlite:///PATH or postgresql://USER@HOST/DB (or off), got {raw!r}")
+    if driver.startswith("postgresql") and not urlsplit("x://" + rest).hostname:
+        raise ConfigError(f"{name}: no host in {raw!r}")
+    if driver.startswith("sqlite") and not rest.lstrip("/"):
+        raise ConfigError(f"{name}: no file in {raw!r} (an in-memory SQLite database would lose the ledger)")
+    return f"{driver}://{rest}"

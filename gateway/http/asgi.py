@@ -17,6 +17,7 @@ from time import perf_counter
 from typing import AsyncIterator
 
 from gateway import reload as reloading
+from gateway.accounting import Accounting
 from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.http import admin, chat, headers
@@ -44,6 +45,10 @@ class Gateway:
         self.finish.add(self.usage.on_finish)
         self.admission = Admission(self.router, self.cache)
         self.pipeline = Pipeline(self.router, self.cache)
+        # Keys, budgets and the usage ledger (gateway/accounting.py); DATABASE_URL=off: env/TOML keys, in-memory usage.
+        self.accounting = Accounting(settings) if settings.database_url else None
+        if self.accounting is not None:
+            self.accounting.install(self.admission, self.finish)
         self.relay = Relay(self.admission, self.pipeline, self.finish, settings.stream_ping_seconds)
         self.web = admin.build(self)
 
@@ -63,6 +68,8 @@ class Gateway:
         sighup = reloading.install(self._on_sighup)  # gateway/reload.py: how reloads reach every worker
         if self.cache is not None:
             await self.cache.start()  # loads live entries from Redis; never fails on a Redis outage
+        if self.accounting is not None:
+            await self.accounting.start()
         yield
         if sighup:
             reloading.uninstall()
@@ -70,6 +77,8 @@ class Gateway:
         await self.router.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.accounting is not None:
+            await self.accounting.close()  # after the last request: its ledger row is written first
 
     def reload_config(self) -> Settings:
         """Re-read the environment and GATEWAY_CONFIG; swap one snapshot.
