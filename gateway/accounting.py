@@ -39,15 +39,17 @@ class Accounting:
 
     async def start(self) -> None:
         """Check the schema (fatal when behind), load the keys, start the writer; a database that is down is not fatal."""
-        self.writer.start()
         try:
             await check_schema(self.engine)
         except SchemaBehind:
+            await self.engine.dispose()
             raise
         except Exception as exc:  # noqa: BLE001 - serve env/TOML keys; the ledger buffers; keys load when it returns
             log.error("database unreachable at start (%s): ledger rows buffer, virtual keys load when it answers", exc)
+            self.writer.start()
             await self.keys.start(load=False)
             return
+        self.writer.start()
         await self.keys.start()
 
     async def close(self) -> None:

@@ -167,9 +167,12 @@ class Budgets:
             return
         req.budget = None
         d = outcome.deployment
-        cost = 0.0 if outcome.from_cache or d is None else self.prices.cost(
-            d.model, outcome.prompt_tokens, outcome.completion_tokens
-        )
+        if outcome.from_cache or d is None:
+            cost = 0.0
+        elif outcome.first_chunk_seconds is not None and outcome.completion_tokens == 0:
+            cost = r.amount  # a stream cut before the provider reported its usage: what was reserved, never $0
+        else:
+            cost = self.prices.cost(d.model, outcome.prompt_tokens, outcome.completion_tokens)
         delta = cost - r.amount
         if r.shared:
             task = asyncio.get_running_loop().create_task(self._settle_shared(r.slot, delta))

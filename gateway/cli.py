@@ -101,6 +101,10 @@ def serve(args: argparse.Namespace) -> None:
     workers = args.workers or settings.worker_processes
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from gateway.db.commands import prepare
+
+    prepare(settings)  # the schema checked (SQLite: migrated) once, before the simulator or any worker starts
+
     sim = None
     if _needs_simulator(settings):
         sim, sim_env = start_embedded_simulator()
@@ -116,10 +120,6 @@ def serve(args: argparse.Namespace) -> None:
         _override(settings, args)  # the reload must not undo --host / --port
     else:
         log.info("providers configured: %s", ", ".join(settings.configured_providers) or "(model groups only)")
-
-    from gateway.db.commands import prepare
-
-    prepare(settings)  # schema checked (SQLite: migrated) once, here, before any worker starts
 
     from granian import Granian
     from granian.constants import Interfaces, Loops

@@ -41,6 +41,7 @@ def prepare(settings) -> None:
     """Before serving: the embedded SQLite file is brought up to date; any other database must already be."""
     if not settings.database_url:
         return
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # serve's first log line stays the one that matters
     if settings.database_url.startswith("sqlite"):
         upgrade(settings.database_url)  # the gateway owns its embedded file: nobody else would run the migration
         return

@@ -7,6 +7,8 @@ compares the database's revision with the newest script and raises
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from alembic import command
@@ -34,8 +36,18 @@ def head() -> str:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database to ``revision`` (blocking: the CLI's, before any worker starts)."""
-    command.upgrade(_config(url), revision)
+    """Bring the database to ``revision``; blocking (the CLI's, before any worker starts).
+
+    The migrations run on their own event loop (``migrations/env.py``): called
+    from a running loop, they get a thread of their own.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        command.upgrade(_config(url), revision)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(command.upgrade, _config(url), revision).result()
 
 
 async def current(engine: AsyncEngine) -> str | None:
