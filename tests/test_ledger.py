@@ -395,20 +395,49 @@ async def test_serve_refuses_a_postgres_schema_behind(pg_admin_url):
         await drop_database(pg_admin_url, url)
 
 
-def test_cli_db_keys_and_usage(tmp_path):
-    url = f"sqlite:///{tmp_path}/cli.db"
-    assert gateway_cli("db", "check", url=url).returncode == 2
-    assert gateway_cli("db", "upgrade", url=url).returncode == 0
-    assert gateway_cli("db", "check", url=url).returncode == 0
-    made = gateway_cli("keys", "create", "--name", "ci", "--budget", "3", "--period", "day", "--models", "gpt-4o,o3-mini",
-                       url=url)
-    assert made.returncode == 0, made.stderr
-    key_id, secret = made.stdout.split()[1], made.stdout.strip().splitlines()[-1]
-    listed = gateway_cli("keys", "list", url=url).stdout
-    assert key_id in listed and "$3/day" in listed and secret not in listed
-    assert gateway_cli("keys", "create", "--name", "ci", url=url).returncode == 2  # names are unique
-    assert gateway_cli("keys", "revoke", key_id, url=url).returncode == 0
-    assert key_id not in gateway_cli("keys", "list", url=url).stdout
-    assert key_id in gateway_cli("keys", "list", "--revoked", url=url).stdout
-    table = gateway_cli("usage", "--by-day", url=url)
-    assert table.returncode == 0 and table.stdout.split()[:3] == ["key", "model", "day"]
+def test_cli_db_keys_and_usage(tmp_path, monkeypatch, capsys):
+    """The commands in this process (``gateway.cli.main``, as the console script calls it), on a fresh SQLite file."""
+    from gateway.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+
+    def gateway(*args: str) -> str:
+        main(list(args))
+        return capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit:
+        gateway("db", "check")
+    assert exit.value.code == 2 and "gateway db upgrade" in capsys.readouterr().err
+    gateway("db", "upgrade")
+    assert "up to date" in gateway("db", "check")
+    made = gateway("keys", "create", "--name", "ci", "--budget", "3", "--period", "day", "--models", "gpt-4o,o3-mini")
+    key_id, secret = made.split()[1], made.strip().splitlines()[-1]
+    listed = gateway("keys", "list")
+    assert key_id in listed and "$3/day" in listed and "models=gpt-4o,o3-mini" in listed and secret not in listed
+    with pytest.raises(SystemExit):
+        gateway("keys", "create", "--name", "ci")  # names are unique
+    assert "exists already" in capsys.readouterr().err
+    gateway("keys", "revoke", key_id)
+    assert key_id not in gateway("keys", "list") and key_id in gateway("keys", "list", "--revoked")
+    assert gateway("usage", "--by-day").split()[:3] == ["key", "model", "day"]
+
+
+async def test_a_revocation_reaches_other_workers_through_redis(sim, db_url, redis_url):
+    """With REDIS_URL a change is announced: the other worker drops the key at once, not at its next poll (60 s)."""
+    r = Running(sim, db_url, REDIS_URL=redis_url, GATEWAY_KEY_REFRESH_SECONDS="60")
+    try:
+        gw, other = await r.add(), await r.add()
+        await asyncio.sleep(0.2)  # both subscribed
+        ex = await call(gw, orjson.dumps({"name": "announced"}), key=ADMIN_KEY, path="/admin/keys")
+        made = orjson.loads(ex.text)
+        deadline = time.monotonic() + 2
+        while (ex := await call(other, chat(), key=made["key"])).status != 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert ex.status == 200  # created on one worker, usable on the other within 2 s
+        await call(gw, key=ADMIN_KEY, method="DELETE", path=f"/admin/keys/{made['id']}")
+        t0 = time.monotonic()
+        while (ex := await call(other, chat(), key=made["key"])).status == 200 and time.monotonic() - t0 < 2:
+            await asyncio.sleep(0.02)
+        assert ex.status == 401
+    finally:
+        await r.close()
