@@ -42,13 +42,14 @@ class Gateway:
         self.cache = Cache(settings.cache_config, settings.redis_url) if settings.cache_config.enabled else None
         self.usage = Usage()
         self.finish = Finish()
-        self.finish.add(self.usage.on_finish)
         self.admission = Admission(self.router, self.cache)
         self.pipeline = Pipeline(self.router, self.cache)
         # Keys, budgets and the usage ledger (gateway/accounting.py); DATABASE_URL=off: env/TOML keys, in-memory usage.
         self.accounting = Accounting(settings) if settings.database_url else None
         if self.accounting is not None:
             self.accounting.install(self.admission, self.finish)
+        else:
+            self.finish.add(self.usage.on_finish)  # the ledger's roll-ups answer /v1/usage when it is on
         self.relay = Relay(self.admission, self.pipeline, self.finish, settings.stream_ping_seconds)
         self.web = admin.build(self)
 
