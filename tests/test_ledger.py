@@ -329,12 +329,35 @@ async def test_budget_race(sim, db_url, redis_url, workers):
         for app in apps:
             await app.accounting.writer.flush(5)
         spent = await select(db_url, sa.select(sa.func.sum(usage.c.cost_usd).label("usd")).where(usage.c.key_name == name))
+        print(f"budget race ({workers} worker(s), {db_url.split(':')[0]}): {statuses.count(200)} admitted, "
+              f"spent ${spent[0]['usd']:.6f} of ${10 * one:.6f} ({spent[0]['usd'] / (10 * one):.1%}); one request's max ${one:.6f}")
         assert 0 < spent[0]["usd"] <= 10 * one + one
     finally:
         await r.close()
 
 
 # --- the database goes away -----------------------------------------------------------------
+
+
+async def test_a_full_buffer_counts_and_logs_what_it_refuses(tmp_path, caplog):
+    """Database unreachable past the buffer's bound: the overflow is counted and logged, what fits waits."""
+    from gateway.ledger import LedgerWriter
+    from gateway.ledger.rows import COLUMNS
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/missing-dir/ledger.db", pool_timeout=0.2)  # cannot open
+    writer = LedgerWriter(engine, max_buffer=100, interval=0.01)
+    writer.start()
+    row = tuple(0 if c.endswith(("tokens", "usd", "ms", "ts", "status", "attempts")) else None for c in COLUMNS)
+    for _ in range(150):
+        writer.add(row)
+    await asyncio.sleep(0.3)
+    stats = writer.stats()
+    assert stats["overflow"] == 50 and stats["buffered"] == 100 and stats["written"] == 0 and stats["failed_batches"] >= 1
+    assert "ledger buffer full" in caplog.text and "50 usage rows refused" not in caplog.text  # logged at the first
+    assert "1 usage rows refused so far" in caplog.text
+    writer._task.cancel()
+    await engine.dispose()
+
 
 
 async def test_postgres_stopped_and_restarted_mid_run(sim):
