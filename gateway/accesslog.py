@@ -20,7 +20,7 @@ import time
 
 import orjson
 
-from gateway.prices import Price
+from gateway.pricing import Prices
 
 LEVELS_ON = frozenset({"DEBUG", "INFO"})
 
@@ -34,7 +34,7 @@ def _us(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1e6)
 
 
-def line(req, o, prices: dict[str, Price]) -> dict:
+def line(req, o, prices: Prices) -> dict:
     """What one request did, for humans and log pipelines (the secret key never appears: its name does)."""
     elapsed = o.finished - o.started
     if o.model is None:  # refused before its model was known, or not a chat route
@@ -52,7 +52,7 @@ def line(req, o, prices: dict[str, Price]) -> dict:
     model = d.model if d is not None else None
     if model is None and req is not None and req.group is not None and req.group.deployments:
         model = req.group.deployments[0].model  # a cache hit: priced as its primary deployment would have been
-    price = prices.get(model) if model else None
+    price = prices.known(model)
     cost = price.cost(o.prompt_tokens, o.completion_tokens, o.cached_tokens) if price and o.status == 200 else 0.0
     cached = o.from_cache
     return {
@@ -70,7 +70,7 @@ def line(req, o, prices: dict[str, Price]) -> dict:
 
 
 class AccessLog:
-    def __init__(self, target: str, prices: dict[str, Price], flush_seconds: float = 0.05,
+    def __init__(self, target: str, prices: Prices, flush_seconds: float = 0.05,
                  flush_lines: int = 256, max_pending: int = 1000) -> None:
         self.prices = prices
         self.flush_seconds = flush_seconds

@@ -7,6 +7,7 @@ file), so checking one is a single dict lookup on the hot path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from gateway.errors import GatewayError
 
@@ -22,6 +23,14 @@ class ApiKey:
     models: frozenset[str] | None = None
     # Admin keys may also call the /admin endpoints (reload, cache flush, usage of all keys).
     admin: bool = False
+    # Virtual keys (gateway/keys/): ``key`` is then the secret's sha256, never the secret.
+    id: str | None = None
+    owner: str | None = None
+    team: str | None = None
+    tokens_per_minute: int | None = None  # for the limiter, like requests_per_minute
+    budget_usd: float | None = None  # spend allowed per budget_period (gateway/budget.py)
+    budget_period: str | None = None  # day | month (UTC)
+    expires_at: float | None = None  # epoch seconds; None: never
 
 
 _MISSING = GatewayError(
@@ -34,14 +43,23 @@ _MISSING = GatewayError(
 _INVALID = GatewayError(401, "Incorrect API key provided.", "invalid_request_error", None, "invalid_api_key")
 
 
-def authenticate(keys: dict[str, ApiKey], authorization: str | None) -> ApiKey:
-    """The key named by an ``Authorization`` header value, or a 401."""
+def authenticate(
+    keys: dict[str, ApiKey], authorization: str | None, virtual: Callable[[str], ApiKey | None] | None = None
+) -> ApiKey:
+    """The key named by an ``Authorization`` header value, or a 401.
+
+    ``keys`` (environment and TOML) first, then ``virtual``: the database's
+    keys as this worker's cache holds them (gateway/keys/cache.py).
+    """
     if not authorization:
         raise _MISSING
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise _MISSING
-    found = keys.get(token.strip())
+    token = token.strip()
+    found = keys.get(token)
+    if found is None and virtual is not None:
+        found = virtual(token)
     if found is None:
         raise _INVALID
     return found

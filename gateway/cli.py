@@ -1,4 +1,4 @@
-"""``gateway serve | simulate | check-config``.
+"""``gateway serve | simulate | check-config`` (and the database's commands, gateway/db/commands.py).
 
 Settings are validated here, in the parent process, before any worker starts:
 a bad value prints one line naming it and exits with status 2.
@@ -118,6 +118,10 @@ def serve(args: argparse.Namespace) -> None:
     workers = args.workers or settings.worker_processes
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from gateway.db.commands import prepare
+
+    prepare(settings)  # the schema checked (SQLite: migrated) once, before the simulator or any worker starts
+
     sim = None
     if _needs_simulator(settings):
         sim, sim_env = start_embedded_simulator()
@@ -229,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--key", default=None, help="an admin key, for the cache checks (default: the first admin key)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between the two scrapes (rates, memory trend)")
     p.set_defaults(func=doctor)
+    from gateway.db import commands as db_commands
+
+    db_commands.add_parsers(sub)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -30,7 +30,7 @@ from prometheus_client import multiprocess
 from gateway import upstream
 from gateway.http.chat import ROUTE as CHAT_ROUTE
 from gateway.pipeline.outcome import error_type
-from gateway.prices import Price
+from gateway.pricing import Prices
 
 MAX_VALUES = 200  # distinct values one label may take (models, deployments, keys); then "other"
 CLIENT_CLOSED = "499"  # the client left before any status was sent (nginx's convention)
@@ -223,7 +223,7 @@ class Recorder:
     ``flush()`` writes out, once a second from the sampler and before this worker renders a scrape.
     """
 
-    def __init__(self, prices: dict[str, Price]) -> None:
+    def __init__(self, prices: Prices) -> None:
         self.prices = prices
         self.models = Bounded()
         self.keys = Bounded()
@@ -301,7 +301,7 @@ class Recorder:
                 self._child(CHUNK_GAP, d.provider, model).observe((elapsed - first) / (o.chunks - 1))
 
     def _priced(self, metric, provider: str, model: str, o) -> None:
-        price = self.prices.get(model)
+        price = self.prices.known(model)
         if price is None:
             self._child(UNPRICED, self.models(model)).inc()
             return
@@ -312,7 +312,7 @@ class Recorder:
 _recorder: Recorder | None = None
 
 
-def install(finish, prices: dict[str, Price]) -> Recorder:
+def install(finish, prices: Prices) -> Recorder:
     """Register the recording with ``finish`` and the upstream stage (the latter once per process)."""
     global _recorder
     if _recorder is None:

@@ -38,6 +38,7 @@ class ChatRequest:
     trace: Any = None  # the request's OpenTelemetry span when tracing is on (gateway/tracing.py)
     max_upstream_bytes: int = 16 * 1_048_576  # GATEWAY_MAX_UPSTREAM_BYTES: a provider's whole answer
     max_event_bytes: int = 1_048_576  # GATEWAY_MAX_EVENT_BYTES: one event of a provider's stream
+    budget: Any = None  # the cost reserved against the key's budget at admission (gateway/budget.py), settled at finish
 
     def __post_init__(self) -> None:
         if self.outcome is None:

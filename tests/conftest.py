@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 
 import aiohttp
@@ -9,6 +11,10 @@ import pytest
 
 from gateway.simulator import SimulatorProcess
 from tests.redis_server import free_port, session_redis_url
+
+# Every gateway a test starts inherits this: never the default SQLite file in the working directory (the
+# repository), never a database the developer's own DATABASE_URL names.
+os.environ["DATABASE_URL"] = "sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="gateway-db-"), "gateway.db")
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +46,35 @@ def sim():
     """One simulator process (all three providers) shared by a module's tests; reset it between them."""
     with SimulatorProcess() as s:
         yield s
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    """A real PostgreSQL server (tests/pg_server.py): the machine's, or a private one; never skipped."""
+    from tests.pg_server import session_pg
+
+    with session_pg() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def empty_db(request, tmp_path) -> str:
+    """A fresh, empty database of each kind, as DATABASE_URL would name it; dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/ledger.db"
+        return
+    from tests.pg_server import drop_database, new_database
+
+    admin = request.getfixturevalue("pg_admin_url")
+    url = await new_database(admin)
+    yield url
+    await drop_database(admin, url)
+
+
+@pytest.fixture
+def db_url(empty_db) -> str:
+    """``empty_db`` migrated to the current schema; the SQLAlchemy URL (async driver named)."""
+    from gateway.config.validate import database_url
+    from gateway.db import upgrade
+
+    url = database_url("DATABASE_URL", empty_db)
+    upgrade(url)
+    return url

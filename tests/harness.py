@@ -18,7 +18,7 @@ from tests.redis_server import free_port
 _SCRUB = (
     "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
     "GOOGLE_BASE_URL", "REDIS_URL", "GATEWAY_CONFIG", "GATEWAY_API_KEYS", "GATEWAY_ADMIN_KEYS", "API_URL",
-    "WORKER_PROCESSES", "GATEWAY_SIMULATED",
+    "WORKER_PROCESSES", "GATEWAY_SIMULATED", "DATABASE_URL",
 )
 
 API_KEY = "test-key-123"
@@ -68,6 +68,8 @@ class GatewayProcess:
             "GATEWAY_API_KEYS": API_KEY,
             "GATEWAY_ADMIN_KEYS": ADMIN_KEY,
             "LOG_LEVEL": "WARNING",
+            # Never the default (a SQLite file in the working directory: the repository): a file of its own.
+            "DATABASE_URL": "sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="gateway-db-"), "gateway.db"),
         }
         self.env = clean_env(**(defaults | env))
         self.logfile = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)

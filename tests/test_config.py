@@ -159,3 +159,34 @@ def test_bad_toml_names_the_setting(tmp_path, toml: str, named: str) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings({"GATEWAY_CONFIG": str(path)})
     assert str(exc.value).startswith(named), str(exc.value)
+
+
+def test_pricing_defaults_prefixes_and_toml_overrides(tmp_path):
+    from gateway.pricing import DEFAULT, Prices
+
+    p = Prices()
+    assert p.cost("gpt-4o", 1_000_000, 1_000_000) == 12.5
+    assert p.price("gpt-4o-mini-2024-07-18") == p.price("gpt-4o-mini")  # the longest entry it starts with
+    assert p.price("some-new-model") == DEFAULT  # unknown: the dearest known price, so budgets refuse early
+    path = tmp_path / "gw.toml"
+    path.write_text('[pricing]\n"gpt-4o" = { input = 1, output = 2 }\ndefault = { input = 0.5, output = 0.5 }\n')
+    s = load_settings({"GATEWAY_CONFIG": str(path)})
+    assert s.prices.cost("gpt-4o", 1_000_000, 1_000_000) == 3 and s.prices.price("unknown")[:2] == (0.5, 0.5)
+    path.write_text('[pricing]\n"gpt-4o" = { input = -1, output = 2 }\n')
+    with pytest.raises(ConfigError, match="pricing.gpt-4o.input"):
+        load_settings({"GATEWAY_CONFIG": str(path)})
+
+
+@pytest.mark.parametrize("raw, want", [
+    ("postgresql://u:p@db:5432/gw", "postgresql+asyncpg://u:p@db:5432/gw"),
+    ("sqlite:///data/gw.db", "sqlite+aiosqlite:///data/gw.db"),
+    ("off", None),
+])
+def test_database_url_gets_its_async_driver(raw, want):
+    assert load_settings({"DATABASE_URL": raw}).database_url == want
+
+
+@pytest.mark.parametrize("raw", ["mysql://x/y", "sqlite://", "postgresql:///nohost"])
+def test_a_bad_database_url_is_one_line(raw):
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        load_settings({"DATABASE_URL": raw})

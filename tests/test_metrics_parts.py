@@ -14,7 +14,7 @@ from gateway import accesslog, metrics
 from gateway.config import ConfigError, load_settings
 from gateway.http.asgi import Gateway
 from gateway.pipeline.outcome import Outcome
-from gateway.prices import DEFAULTS, Price, table
+from gateway.pricing import DEFAULTS, Price, Prices
 from tests.harness import API_KEY
 
 
@@ -45,18 +45,19 @@ def test_label_values_are_bounded():
 
 def test_price_table_defaults_overrides_and_errors():
     assert Price(1.0, 2.0, 0.5).cost(1000, 500, cached=400) == pytest.approx((600 * 1.0 + 400 * 0.5 + 500 * 2.0) / 1e6)
-    prices = table({"my-model": {"input": 3, "output": 4}})
-    assert prices["my-model"] == Price(3.0, 4.0) and prices["gpt-4o"] == DEFAULTS["gpt-4o"]
-    for bad, message in (({"m": {"input": 1}}, "needs both"), ({"m": {"input": -1, "output": 1}}, "prices.m.input"),
-                         ({"m": {"input": 1, "output": 1, "per": 2}}, "unknown setting 'per'")):
-        with pytest.raises(ValueError, match=message):
-            table(bad)
+    prices = Prices.from_table({"my-model": {"input": 3, "output": 4, "cached_input": 1}})
+    assert prices.known("my-model") == Price(3.0, 4.0, 1.0) and prices.known("gpt-4o") == DEFAULTS["gpt-4o"]
+    assert prices.known("no-such-model") is None  # metrics count it as unpriced; budgets reserve the default
+    for bad, message in (({"m": {"input": 1}}, "pricing.m"), ({"m": {"input": -1, "output": 1}}, "pricing.m.input"),
+                         ({"m": {"input": 1, "output": 1, "per": 2}}, "pricing.m")):
+        with pytest.raises(ConfigError, match=message):
+            Prices.from_table(bad)
 
 
 def test_a_bad_price_stops_the_config_with_its_name(tmp_path):
     path = tmp_path / "gw.toml"
-    path.write_text('[prices."gpt-4o"]\ninput = "cheap"\noutput = 1\n')
-    with pytest.raises(ConfigError, match="prices.gpt-4o.input"):
+    path.write_text('[pricing."gpt-4o"]\ninput = "cheap"\noutput = 1\n')
+    with pytest.raises(ConfigError, match="pricing.gpt-4o.input"):
         load_settings({"GATEWAY_CONFIG": str(path)})
 
 
@@ -68,7 +69,7 @@ def _outcome(**kw) -> Outcome:
 
 async def test_access_log_writes_lines_off_the_loop_and_counts_drops(tmp_path):
     path = tmp_path / "access.log"
-    log = accesslog.AccessLog(str(path), DEFAULTS, flush_lines=2)
+    log = accesslog.AccessLog(str(path), Prices(), flush_lines=2)
     log.on_finish(None, _outcome(status=401, error_type="policy", error_code="invalid_api_key"))
     log.on_finish(None, _outcome(status=200, key_name="team-a", model="gpt-4o"))
     log.close()
@@ -76,7 +77,7 @@ async def test_access_log_writes_lines_off_the_loop_and_counts_drops(tmp_path):
     assert [x["status"] for x in lines] == [401, 200]
     assert lines[0]["error_type"] == "policy" and lines[1]["key"] == "team-a"
     # A writer that fell behind: lines are dropped and counted, never queued without bound.
-    full = accesslog.AccessLog(str(path), DEFAULTS, max_pending=0)
+    full = accesslog.AccessLog(str(path), Prices(), max_pending=0)
     full.on_finish(None, _outcome(status=200))
     full.flush()
     assert full.dropped == 1
@@ -86,7 +87,7 @@ async def test_access_log_writes_lines_off_the_loop_and_counts_drops(tmp_path):
 async def test_metrics_off_means_no_listener_and_no_route():
     gw = Gateway(load_settings({"GATEWAY_API_KEYS": API_KEY, "GATEWAY_METRICS": "off", "GATEWAY_CACHE": "off", "GATEWAY_ACCESS_LOG": "off"}))
     assert gw.sampler is None
-    assert not any(getattr(f, "__self__", None).__class__.__name__ == "Recorder" for f in gw.finish.listeners)
+    assert not any(type(getattr(f, "__self__", None)).__module__ == "gateway.metrics" for f in gw.finish.listeners)
     sent: list[dict] = []
 
     async def receive():

@@ -25,7 +25,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.prices import DEFAULTS
+from gateway.pricing import DEFAULTS
 from gateway.simulator import SimulatorProcess
 from tests.harness import ADMIN_KEY, API_KEY, running_gateway, simulator_env, wait_ok
 from tests.redis_server import free_port
@@ -33,7 +33,7 @@ from tests.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "ai-gateway-performance.json"
 CHAT = "/v1/chat/completions"
-MINI_PRICE = (1.0, 2.0)  # [prices."gpt-4o-mini"] below: not the default, so the table is what counts
+MINI_PRICE = (1.0, 2.0)  # [pricing."gpt-4o-mini"] below: not the default, so the table is what counts
 WORKERS = 4
 
 
@@ -44,7 +44,7 @@ def _config(sim: SimulatorProcess, dead: int, redis_prefix: str) -> str:
 embedder = "hash"
 redis_prefix = "{redis_prefix}"
 
-[prices."gpt-4o-mini"]
+[pricing."gpt-4o-mini"]
 input = {MINI_PRICE[0]}
 output = {MINI_PRICE[1]}
 

@@ -16,10 +16,9 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from gateway import prices
 from gateway.auth import ApiKey
 from gateway.config.types import ROUTE_OPTIONS, ConfigError, ModelGroup, ProviderSettings, RoutePolicy, Settings
-from gateway.config.validate import boolean, choice, file, integer, number, string, table, url
+from gateway.config.validate import boolean, choice, database_url, file, integer, number, string, table, url
 from gateway.providers.base import Deployment
 from gateway.providers.registry import PROVIDERS as REGISTRY
 
@@ -53,6 +52,9 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "SEMANTIC_THRESHOLD": ("semantic_threshold", lambda n, v: number(n, v, 0, 1, lo_open=True)),
     "RATE_LIMIT_REQUESTS_PER_MINUTE": ("rate_limit_requests_per_minute", lambda n, v: integer(n, v, 1, 10**9)),
     "RATE_LIMIT_BURST": ("rate_limit_burst", lambda n, v: integer(n, v, 1, 10**9)),
+    "DATABASE_URL": ("database_url", database_url),
+    "GATEWAY_LEDGER_BUFFER_ROWS": ("ledger_buffer_rows", lambda n, v: integer(n, v, 100, 10**8)),
+    "GATEWAY_KEY_REFRESH_SECONDS": ("key_refresh_seconds", lambda n, v: number(n, v, 0, 3600, lo_open=True)),
     "DATABASE_POOL_SIZE": ("database_pool_size", lambda n, v: integer(n, v, 1, 10_000)),
     "DATABASE_MAX_OVERFLOW": ("database_max_overflow", lambda n, v: integer(n, v, 0, 10_000)),
     "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", lambda n, v: number(n, v, 0, 3600, lo_open=True)),
@@ -191,7 +193,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     path = env.get("GATEWAY_CONFIG") or None
     doc = _load_toml(path) if path else {}
     s.config_file = path
-    known_sections = {"gateway", "providers", "models", "aliases", "keys", "cache", "routing", "prices"}
+    known_sections = {"gateway", "providers", "models", "aliases", "keys", "cache", "routing", "pricing"}
     unknown = set(doc) - known_sections
     if unknown:
         raise ConfigError(f"GATEWAY_CONFIG: unknown section [{sorted(unknown)[0]}]")
@@ -277,15 +279,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not s.api_keys:
         s.api_keys[DEFAULT_API_KEY] = ApiKey(key=DEFAULT_API_KEY, name="default")
 
+    from gateway.pricing import Prices
+
+    s.prices = Prices.from_table(table("pricing", doc.get("pricing")))
     s.cache = table("cache", doc.get("cache"))
     if env.get("GATEWAY_CACHE"):
         s.cache["enabled"] = boolean("GATEWAY_CACHE", env["GATEWAY_CACHE"])
     s.cache_config = _cache_config(s, explicit=lambda key: bool(env.get(key)) or key in file_settings)
-    s.prices = table("prices", doc.get("prices"))
-    try:
-        s.price_table = prices.table(s.prices)
-    except prices.PriceError as exc:
-        raise ConfigError(str(exc)) from None
     return s
 
 

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from gateway.routing.plan import Plan
 
 
+# A SQLite file in the working directory: the README's Run command needs no database server.
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///gateway.db"
+
+
 class ConfigError(Exception):
     """A bad setting; ``str(exc)`` is the one-line message for the operator."""
 
@@ -105,19 +109,22 @@ class Settings:
     # Limits
     rate_limit_requests_per_minute: int = 60
     rate_limit_burst: int = 100
-    # Redis connection pool (the spec's DATABASE_* settings; the gateway's only database is Redis)
+    # The database of keys, budgets and the usage ledger (gateway/db/). None: off (env/TOML keys, in-memory usage).
+    database_url: str | None = DEFAULT_DATABASE_URL
+    # Its connection pool: the spec's DATABASE_* settings.
     database_pool_size: int = 20
     database_max_overflow: int = 40
     database_pool_timeout: float = 30.0
+    ledger_buffer_rows: int = 100_000  # usage rows held while the database is down; beyond: counted and logged
+    key_refresh_seconds: float = 5.0  # how stale a worker's copy of the virtual keys may get without Redis
+    prices: Any = None  # gateway.pricing.Prices: the defaults with the TOML [pricing] table on top
     # Keys
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
     config_file: str | None = None
-    # Observability (gateway/metrics.py, gateway/accesslog.py, gateway/prices.py)
+    # Observability (gateway/metrics.py, gateway/accesslog.py; prices in gateway/pricing.py)
     metrics: bool = True  # GATEWAY_METRICS: off drops the metrics listener and /metrics (to measure its cost)
     traces: bool = False  # GATEWAY_TRACES: OpenTelemetry spans over OTLP (the optional extra "traces")
     access_log: str = "-"  # GATEWAY_ACCESS_LOG: "-" stderr, "off", or a file path; lines at INFO (LOG_LEVEL)
-    prices: dict[str, Any] = field(default_factory=dict)  # the TOML [prices] table
-    price_table: dict[str, Any] = field(default_factory=dict)  # model -> prices.Price, defaults + [prices]
 
     @property
     def configured_providers(self) -> list[str]:

@@ -147,3 +147,21 @@ def file(name: str, raw: Any) -> str:
     if not os.path.isfile(path):
         raise ConfigError(f"{name}: file not found: {path}")
     return path
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
+            "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "postgresql+asyncpg": "postgresql+asyncpg"}
+
+
+def database_url(name: str, raw: Any) -> str | None:
+    """A SQLAlchemy URL with its async driver filled in (``postgresql://`` → ``postgresql+asyncpg://``); off/none: None."""
+    value = str(raw).strip()
+    if value.lower() in ("off", "none", "false"):
+        return None
+    scheme, sep, rest = value.partition("://")
+    driver = _DRIVERS.get(scheme.lower())
+    if not sep or driver is None:
+        raise ConfigError(f"{name}: expected sqlite:///PATH or postgresql://USER@HOST/DB (or off), got {raw!r}")
+    if driver.startswith("postgresql") and not urlsplit("x://" + rest).hostname:
+        raise ConfigError(f"{name}: no host in {raw!r}")
+    if driver.startswith("sqlite") and not rest.lstrip("/"):
+        raise ConfigError(f"{name}: no file in {raw!r} (an in-memory SQLite database would lose the ledger)")
+    return f"{driver}://{rest}"

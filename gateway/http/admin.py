@@ -20,16 +20,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import reload as reloading
-from gateway.auth import ApiKey, authenticate, require_admin
+from gateway.auth import ApiKey, require_admin
 from gateway.config import ConfigError
 from gateway.errors import GatewayError
 from gateway.http.relay import INTERNAL
+from gateway.keys import fields as key_fields
+from gateway.ledger import reports
 
 log = logging.getLogger("gateway")
 
 ROUTES = (
     "/health", "/ready", "/v1/models", "/v1/models/{model}", "/v1/usage", "/v1/providers",
-    "/admin/reload", "/admin/cache", "/admin/cache/flush", "/metrics",
+    "/admin/reload", "/admin/cache", "/admin/cache/flush", "/metrics", "/admin/keys", "/admin/keys/{key_id}",
+    "/admin/usage",
 )
 
 
@@ -39,6 +42,8 @@ def route_template(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith("/admin/keys/"):
+        return "/admin/keys/{key_id}"
     return "unmatched"
 
 
@@ -54,7 +59,7 @@ def build(gateway) -> Starlette:
     """The Starlette app for ``gateway`` (an ``http.asgi.Gateway``); reads its current snapshot per request."""
 
     def key_of(request: Request) -> ApiKey:
-        return authenticate(gateway.snapshot.keys, request.headers.get("authorization"))
+        return gateway.admission.authenticate(gateway.snapshot.keys, request.headers)
 
     async def health(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -146,10 +151,70 @@ def build(gateway) -> Starlette:
 
     async def usage_report(request: Request) -> Response:
         key = key_of(request)
-        if request.query_params.get("all") in ("1", "true"):
+        every = request.query_params.get("all") in ("1", "true")
+        if every:
             require_admin(key)
-            return json_response({"object": "list", "data": gateway.usage.report()})
-        return json_response({"object": "list", "data": gateway.usage.report(key.name)})
+        if gateway.accounting is None:  # DATABASE_URL=off: this worker's in-memory counters
+            return json_response({"object": "list", "data": gateway.usage.report(None if every else key.name)})
+        return await ledger_report(request, None if every else key.name)
+
+    async def admin_usage(request: Request) -> Response:
+        require_admin(key_of(request))
+        if gateway.accounting is None:
+            return json_response({"object": "list", "data": gateway.usage.report(request.query_params.get("key"))})
+        return await ledger_report(request, request.query_params.get("key"))
+
+    async def ledger_report(request: Request, key_name: str | None) -> Response:
+        """Per key and model (``?by=day``: and day), ``since``/``until``/``model`` filters, ``?format=csv``."""
+        q = request.query_params
+        by_day = q.get("by") == "day"
+        fmt = q.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise GatewayError(400, "'format' must be json or csv.", param="format")
+        acc = gateway.accounting
+        await acc.writer.flush(2.0)  # this worker's rows so far, so a caller sees its own last request
+        rows = await reports.report(
+            acc.engine, key=key_name, model=q.get("model"), since=reports.parse_day("since", q.get("since")),
+            until=reports.parse_day("until", q.get("until")), by_day=by_day,
+        )
+        if fmt == "csv":
+            return Response(reports.to_csv(rows, by_day), media_type="text/csv; charset=utf-8")
+        return json_response({"object": "list", "data": rows})
+
+    # --- virtual keys (gateway/keys/) ---------------------------------------------------
+
+    def key_store():
+        if gateway.accounting is None:
+            raise GatewayError(400, "Virtual keys need a database; DATABASE_URL is off.", code="database_disabled")
+        return gateway.accounting
+
+    async def json_body(request: Request) -> Any:
+        raw = await request.body()
+        try:
+            return orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            raise GatewayError(400, "Body must be a JSON object.", code="invalid_json") from None
+
+    async def admin_keys(request: Request) -> Response:
+        require_admin(key_of(request))
+        acc = key_store()
+        if request.method == "GET":
+            revoked = request.query_params.get("revoked") in ("1", "true")
+            return json_response({"object": "list", "data": await acc.store.list(include_revoked=revoked)})
+        record, secret = await acc.store.create(key_fields.parse(await json_body(request), creating=True))
+        await acc.keys.changed()
+        return json_response({**record, "key": secret}, 201)  # the secret, this once: only its hash is kept
+
+    async def admin_key(request: Request) -> Response:
+        require_admin(key_of(request))
+        acc = key_store()
+        key_id = request.path_params["key_id"]
+        if request.method == "DELETE":
+            record = await acc.store.revoke(key_id)
+        else:
+            record = await acc.store.update(key_id, key_fields.parse(await json_body(request), creating=False))
+        await acc.keys.changed()
+        return json_response(record)
 
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
         return error_response(exc)
@@ -179,6 +244,9 @@ def build(gateway) -> Starlette:
             Route("/admin/cache", admin_cache_stats),
             Route("/admin/cache/flush", admin_cache_flush, methods=["POST"]),
             Route("/metrics", metrics_report),
+            Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
+            Route("/admin/keys/{key_id}", admin_key, methods=["PATCH", "DELETE"]),
+            Route("/admin/usage", admin_usage),
         ],
         exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: unexpected},
         lifespan=gateway.lifespan,

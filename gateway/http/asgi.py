@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import accesslog
 from gateway import reload as reloading
+from gateway.accounting import Accounting
 from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.http import admin, chat, headers
@@ -44,13 +45,12 @@ class Gateway:
         self.cache = Cache(settings.cache_config, settings.redis_url) if settings.cache_config.enabled else None
         self.usage = Usage()
         self.finish = Finish()
-        self.finish.add(self.usage.on_finish)
         self.sampler = None  # gateway/sampler.py: gauges read on a timer; None when metrics are off
         if settings.metrics:
             from gateway import metrics  # not imported at all with metrics off: their cost is then nil
             from gateway.sampler import Sampler
 
-            metrics.install(self.finish, settings.price_table)
+            metrics.install(self.finish, settings.prices)
             self.sampler = Sampler(self)
         if settings.traces:
             from gateway import tracing  # the optional extra: imported only when on
@@ -60,10 +60,16 @@ class Gateway:
             self.finish.add(tracing.on_finish)
         self.access_log = None
         if accesslog.enabled(settings):
-            self.access_log = accesslog.AccessLog(settings.access_log, settings.price_table)
+            self.access_log = accesslog.AccessLog(settings.access_log, settings.prices)
             self.finish.add(self.access_log.on_finish)
         self.admission = Admission(self.router, self.cache)
         self.pipeline = Pipeline(self.router, self.cache)
+        # Keys, budgets and the usage ledger (gateway/accounting.py); DATABASE_URL=off: env/TOML keys, in-memory usage.
+        self.accounting = Accounting(settings) if settings.database_url else None
+        if self.accounting is not None:
+            self.accounting.install(self.admission, self.finish)
+        else:
+            self.finish.add(self.usage.on_finish)  # the ledger's roll-ups answer /v1/usage when it is on
         self.relay = Relay(self.admission, self.pipeline, self.finish, settings.stream_ping_seconds)
         self.web = admin.build(self)
         # Fixed for the process's life, like the connection limits it is derived from.
@@ -87,6 +93,8 @@ class Gateway:
             await self.cache.start()  # loads live entries from Redis; never fails on a Redis outage
         if self.sampler is not None:
             self.sampler.start()
+        if self.accounting is not None:
+            await self.accounting.start()
         yield
         if sighup:
             reloading.uninstall()
@@ -101,6 +109,8 @@ class Gateway:
             from gateway import metrics
 
             metrics.worker_exit()
+        if self.accounting is not None:
+            await self.accounting.close()  # after the last request: its ledger row is written first
 
     def reload_config(self) -> Settings:
         """Re-read the environment and GATEWAY_CONFIG; swap one snapshot.

@@ -24,8 +24,9 @@ from gateway.errors import GatewayError, invalid
 from gateway.pipeline.outcome import Outcome
 from gateway.request import ChatRequest, parse_json, validate_chat
 
-# limiter(request) → None to admit, or raises a GatewayError (429) to refuse.
-Limiter = Callable[[ChatRequest], None]
+# limiter(request) → None to admit, or raises a GatewayError (429) to refuse; it may instead return an
+# awaitable that does either (a budget shared through Redis), so a purely local limiter stays a plain call.
+Limiter = Callable[[ChatRequest], Awaitable[None] | None]
 
 
 @dataclass(slots=True)
@@ -49,6 +50,7 @@ class Admission:
         self.router = router
         self.cache = cache
         self.limiters: list[Limiter] = []
+        self.virtual_keys = None  # token → ApiKey | None: the database's keys (gateway/keys/cache.py), when on
 
     async def admit(self, snap, inbound: Inbound, outcome: Outcome) -> ChatRequest:
         headers = inbound.headers
@@ -90,12 +92,13 @@ class Admission:
         if self.cache is not None:
             req.cache_controls = parse_controls(headers, self.cache.config.max_ttl_seconds)
         for limiter in self.limiters:  # last: a request refused for its own mistakes costs no quota
-            limiter(req)
+            pending = limiter(req)
+            if pending is not None:  # a limiter that shares state across instances (a budget in Redis) awaits it
+                await pending
         return req
 
-    @staticmethod
-    def authenticate(keys: dict[str, ApiKey], headers: dict[str, str]) -> ApiKey:
-        return authenticate(keys, headers.get("authorization"))
+    def authenticate(self, keys: dict[str, ApiKey], headers: dict[str, str]) -> ApiKey:
+        return authenticate(keys, headers.get("authorization"), self.virtual_keys)
 
 
 def _timeout(headers: dict[str, str], default: float) -> float:

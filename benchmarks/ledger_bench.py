@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""The usage ledger's cost: non-streaming req/s with the ledger on (SQLite, PostgreSQL) vs off, in one run.
+
+    python benchmarks/ledger_bench.py [--duration 8] [--rounds 3] [--connections 50] [--pg-url URL] [--json out.json]
+
+All on 127.0.0.1, bounded in time, reusing benchmarks/gateway_bench.py's processes and wrk runner:
+the simulator (instant upstream) and wrk pinned to the load core, three ``gateway serve`` (one
+Granian worker each, cache off, pinned to the gateway core): ``DATABASE_URL=off``, a SQLite file
+in a temporary directory, and a throwaway database on the PostgreSQL of ``--pg-url``. wrk runs
+interleaved over rounds (A B C, C B A, ...) so each ratio is taken within one run on this shared
+host. Then it counts the ledger rows each database holds against the requests the gateway
+answered (rows lost: goal 0), and measures the writer alone: rows/s of ``LedgerWriter`` into each
+database (50,000 rows, batches of 1,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.gateway_bench import CHAT_LUA, GatewayProcess, check_chat, interleaved, log, run_wrk  # noqa: E402
+
+
+class LedgerGateway(GatewayProcess):
+    def __init__(self, label: str, database_url: str, sim_base: str, cpu: int | None) -> None:
+        super().__init__("aiohttp", sim_base, cpu)
+        self.name = f"gateway ({label})"
+        self.database_url = database_url
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "DATABASE_URL": self.database_url}
+
+
+async def _count(url: str) -> int:
+    from sqlalchemy import text
+
+    from gateway.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT count(*) FROM usage"))).scalar())
+    finally:
+        await engine.dispose()
+
+
+async def _writer_rate(url: str, n: int = 50_000) -> float:
+    from gateway.db import create_engine
+    from gateway.ledger import LedgerWriter
+
+    engine = create_engine(url)
+    writer = LedgerWriter(engine, max_buffer=n)
+    writer.start()
+    today = dt.date.today()
+    rows = [(f"bench-{i}", time.time(), today, "bench", "gpt-4o-mini", "openai", "openai:gpt-4o-mini", "rest", 200,
+             None, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, None, 1, None, None, False) for i in range(n)]
+    t0 = time.perf_counter()
+    for r in rows:
+        writer.add(r)
+    assert await writer.flush(120)
+    rate = n / (time.perf_counter() - t0)
+    await writer.close()
+    await engine.dispose()
+    return rate
+
+
+async def _new_pg_database(admin_url: str) -> str:
+    import asyncpg
+
+    name = "gwbench_" + uuid.uuid4().hex[:10]
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def _drop_pg_database(admin_url: str, url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    await conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--pg-url", default=os.environ.get("PG_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    ap.add_argument("--gateway-cpu", type=int, default=0)
+    ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    from gateway.config.validate import database_url
+    from gateway.db import upgrade
+    from gateway.simulator import SimulatorProcess
+
+    load = os.getloadavg()
+    tmp = tempfile.mkdtemp(prefix="ledger-bench-")
+    sqlite_url = database_url("DATABASE_URL", f"sqlite:///{tmp}/ledger.db")
+    pg_url = database_url("DATABASE_URL", asyncio.run(_new_pg_database(args.pg_url)))
+    for url in (sqlite_url, pg_url):
+        upgrade(url)
+    sim = SimulatorProcess({"*": {"latency_ms": 0, "response_tokens": 30, "chunk_tokens": 1}}, cpu=args.load_cpu)
+    gateways: dict[str, LedgerGateway] = {}
+    try:
+        sim.start()
+        check_chat(sim.openai_base_url.removesuffix("/v1"), "simulator")
+        for label, url in (("off", "off"), ("sqlite", sqlite_url), ("postgres", pg_url)):
+            gateways[label] = LedgerGateway(label, url, sim.base_url, args.gateway_cpu).start()
+        targets = [(label, gw.url) for label, gw in gateways.items()]
+
+        def measure(label: str, url: str) -> dict:
+            return run_wrk(url, CHAT_LUA, args.connections, args.duration, args.load_cpu)
+
+        runs = interleaved("ledger", targets, measure,
+                           lambda label, url: run_wrk(url, CHAT_LUA, args.connections, 1, args.load_cpu), args.rounds)
+        for gw in gateways.values():
+            gw.terminate()
+        for gw in gateways.values():
+            gw.stop()  # SIGTERM: each worker writes what it buffered before it exits
+        answered = {label: sum(r["requests"] for r in rs) for label, rs in runs.items()}
+        rows = {"sqlite": asyncio.run(_count(sqlite_url)), "postgres": asyncio.run(_count(pg_url))}
+        writer = {"sqlite": asyncio.run(_writer_rate(sqlite_url)), "postgres": asyncio.run(_writer_rate(pg_url))}
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+        sim.stop()
+        asyncio.run(_drop_pg_database(args.pg_url, pg_url.replace("+asyncpg", "")))
+
+    off = [r["rps"] for r in runs["off"]]
+    print(f"\nload average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (2-core host); "
+          f"{args.rounds} interleaved rounds of {args.duration} s, {args.connections} connections\n")
+    print("| ledger | req/s per round | median | vs off (median of per-round ratios) | errors |")
+    print("|---|---|---|---|---|")
+    for label, rs in runs.items():
+        rps = [r["rps"] for r in rs]
+        ratio = statistics.median(a / b for a, b in zip(rps, off))
+        print(f"| {label} | {', '.join(f'{x:,.0f}' for x in rps)} | {statistics.median(rps):,.0f} | {ratio:.3f} "
+              f"| {sum(r['errors'] for r in rs)} |")
+    print()
+    for label in ("sqlite", "postgres"):
+        # wrk counts answers it read; rows cover those plus the warm-up second and the start-up check.
+        print(f"{label}: {rows[label]:,} ledger rows for {answered[label]:,} answers wrk counted in the timed runs "
+              f"(+ warm-up and start-up check); writer alone {writer[label]:,.0f} rows/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, "rows": rows, "answered": answered, "writer": writer,
+                                               "load": load}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

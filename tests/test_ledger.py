@@ -1,0 +1,466 @@
+"""Keys, budgets and the usage ledger against real databases: SQLite and PostgreSQL (tests/pg_server.py).
+
+The gateway's ASGI app runs in this process (as in tests/test_lifecycle.py)
+so every exit path can be driven exactly; its upstream is the real simulator
+over loopback, its database a fresh one per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from gateway.budget import prompt_tokens_estimate
+from gateway.config import load_settings
+from gateway.db import SchemaBehind, check_schema, create_engine, upgrade
+from gateway.db.schema import api_keys, usage, usage_daily
+from gateway.http.asgi import Gateway
+from gateway.pricing import Prices
+from tests.harness import ADMIN_KEY, API_KEY, simulator_env
+from tests.test_lifecycle import Exchange, _reset, chat, scope, sim  # noqa: F401 - fixtures: the simulator, reset per test
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def bearer(key: str) -> list:
+    return [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
+
+
+async def call(gw, body: bytes = b"", key: str = API_KEY, method: str = "POST", path: str = "/v1/chat/completions",
+               query: bytes = b"", ex: Exchange | None = None) -> Exchange:
+    ex = ex or Exchange(body)
+    s = scope(method, path, bearer(key))
+    s["query_string"] = query
+    await asyncio.wait_for(gw(s, ex.receive, ex.send), 20)
+    return ex
+
+
+class Running:
+    """Gateways (one per simulated worker) over one database, started and closed like Granian's lifespan would."""
+
+    def __init__(self, sim, url: str, **env) -> None:
+        self.sim, self.url, self.env = sim, url, env
+        self.apps: list[Gateway] = []
+
+    async def add(self, **env) -> Gateway:
+        settings = load_settings(simulator_env(self.sim.base_url) | {
+            "GATEWAY_API_KEYS": API_KEY, "GATEWAY_ADMIN_KEYS": ADMIN_KEY, "GATEWAY_CACHE": "off",
+            "GATEWAY_STREAM_PING_SECONDS": "0.1", "DATABASE_URL": self.url, **self.env, **env,
+        })
+        gw = Gateway(settings)
+        if gw.cache is not None:
+            await gw.cache.start()
+        await gw.accounting.start()
+        self.apps.append(gw)
+        return gw
+
+    async def close(self) -> None:
+        for gw in self.apps:
+            await gw.accounting.close()
+            await gw.router.close()
+            if gw.cache is not None:
+                await gw.cache.close()
+
+
+@pytest.fixture
+async def running(sim, db_url):
+    r = Running(sim, db_url)
+    yield r
+    await r.close()
+
+
+async def select(url: str, query) -> list:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(query)).mappings().all())
+    finally:
+        await engine.dispose()
+
+
+async def ledger(url: str) -> dict[str, list]:
+    """Ledger rows by request id."""
+    out: dict[str, list] = {}
+    for r in await select(url, sa.select(usage)):
+        out.setdefault(r["request_id"], []).append(r)
+    return out
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+async def test_migrations_up_from_empty(empty_db):
+    from gateway.config.validate import database_url
+
+    url = database_url("DATABASE_URL", empty_db)
+    engine = create_engine(url)
+    try:
+        with pytest.raises(SchemaBehind, match="gateway db upgrade"):
+            await check_schema(engine)
+        upgrade(url)
+        await check_schema(engine)
+        async with engine.connect() as conn:
+            names = set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+        assert {"api_keys", "usage", "usage_daily", "alembic_version"} <= names
+    finally:
+        await engine.dispose()
+
+
+async def test_a_gateway_refuses_a_schema_behind(sim, empty_db):
+    from gateway.config.validate import database_url
+
+    r = Running(sim, database_url("DATABASE_URL", empty_db))
+    with pytest.raises(SchemaBehind, match="gateway db upgrade"):
+        await r.add()
+
+
+async def test_pool_settings_honoured(db_url):
+    from gateway.db.engine import settings_engine
+
+    settings = load_settings({"DATABASE_URL": db_url, "DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "1",
+                              "DATABASE_POOL_TIMEOUT": "0.3"})
+    engine = settings_engine(settings)
+    try:
+        assert engine.pool.size() == 2 and engine.pool._max_overflow == 1 and engine.pool._timeout == 0.3
+        held = [await engine.connect() for _ in range(3)]  # pool size + overflow
+        t0 = time.monotonic()
+        with pytest.raises(sa.exc.TimeoutError):
+            await engine.connect()
+        assert 0.25 <= time.monotonic() - t0 < 3
+        for c in held:
+            await c.close()
+    finally:
+        await engine.dispose()
+
+
+# --- virtual keys --------------------------------------------------------------------------
+
+
+async def test_key_lifecycle_and_hashed_storage(running, db_url):
+    gw = await running.add()
+    ex = await call(gw, orjson.dumps({"name": "team-a", "owner": "ana", "team": "search", "models": ["gpt-4o-mini"],
+                                      "budget_usd": 5, "requests_per_minute": 600, "burst": 50}),
+                    key=ADMIN_KEY, path="/admin/keys")
+    assert ex.status == 201, ex.text
+    created = orjson.loads(ex.text)
+    secret = created["key"]
+    assert secret.startswith("gw-") and created["budget_period"] == "month" and "key_hash" not in created
+
+    stored = (await select(db_url, sa.select(api_keys)))[0]
+    assert stored["key_hash"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert all(secret not in str(v) for v in stored.values())  # the secret itself is nowhere in the row
+
+    assert (await call(gw, chat(), key=secret)).status == 200
+    key = gw.accounting.keys(secret)
+    assert (key.name, key.owner, key.team, key.requests_per_minute, key.burst) == ("team-a", "ana", "search", 600, 50)
+    forbidden = await call(gw, chat("gpt-4o"), key=secret)
+    assert forbidden.status == 403 and orjson.loads(forbidden.text)["error"]["code"] == "model_not_allowed"
+
+    listed = orjson.loads((await call(gw, method="GET", key=ADMIN_KEY, path="/admin/keys")).text)["data"]
+    assert [k["name"] for k in listed] == ["team-a"] and "key" not in listed[0] and "key_hash" not in listed[0]
+    assert (await call(gw, method="GET", key=secret, path="/admin/keys")).status == 403  # not an admin key
+
+    ex = await call(gw, orjson.dumps({"models": None}), key=ADMIN_KEY, method="PATCH", path=f"/admin/keys/{created['id']}")
+    assert ex.status == 200 and orjson.loads(ex.text)["models"] is None
+    assert (await call(gw, chat("gpt-4o"), key=secret)).status == 200
+
+    # Another worker learns of the revocation at its next refresh (no Redis here).
+    other = await running.add(GATEWAY_KEY_REFRESH_SECONDS="0.1")
+    assert (await call(other, chat(), key=secret)).status == 200
+    assert (await call(gw, key=ADMIN_KEY, method="DELETE", path=f"/admin/keys/{created['id']}")).status == 200
+    for app in (gw, other):
+        deadline = time.monotonic() + 3
+        while (ex := await call(app, chat(), key=secret)).status == 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert ex.status == 401 and orjson.loads(ex.text)["error"]["code"] == "invalid_api_key"
+    bad = await call(gw, orjson.dumps({"name": "x", "budget_usd": -1}), key=ADMIN_KEY, path="/admin/keys")
+    assert bad.status == 400 and orjson.loads(bad.text)["error"]["param"] == "budget_usd"
+
+
+async def test_an_expired_key_is_refused(running):
+    gw = await running.add()
+    ex = await call(gw, orjson.dumps({"name": "brief", "expires_at": time.time() + 0.5}), key=ADMIN_KEY, path="/admin/keys")
+    secret = orjson.loads(ex.text)["key"]
+    assert (await call(gw, chat(), key=secret)).status == 200
+    await asyncio.sleep(0.6)
+    ex = await call(gw, chat(), key=secret)
+    assert ex.status == 401 and orjson.loads(ex.text)["error"]["code"] == "expired_api_key"
+
+
+# --- the ledger ----------------------------------------------------------------------------
+
+
+async def test_one_row_per_request_on_every_path(sim, db_url):
+    r = Running(sim, db_url)
+    try:
+        gw = await r.add()
+        cached = await r.add(GATEWAY_CACHE="on")
+        seen: dict[str, Exchange] = {}
+
+        async def send(app, body, **kw):
+            ex = await call(app, body, **kw)
+            seen[ex.headers["x-request-id"]] = ex
+            return ex
+
+        rest = await send(gw, chat())
+        sse = await send(gw, chat(stream=True))
+        bad_json = await send(gw, b"{nope")
+        wrong_key = await send(gw, chat(), key="wrong")
+        for _ in range(40):  # the cache stores after answering: ask until the repeat is a hit
+            hit = await send(cached, chat("gpt-4o", temperature=0))
+            if hit.headers.get("x-cache") == "hit":
+                break
+            await asyncio.sleep(0.05)
+        assert hit.headers["x-cache"] == "hit"
+        sim.configure("openai", mode="error", error_status=500)
+        provider_error = await send(gw, chat())
+        sim.reset()
+        # A stream the provider cuts after the headers (Anthropic reports usage as it goes).
+        sim.configure("anthropic", tokens_per_second=20, response_tokens=200)
+        task = asyncio.ensure_future(send(gw, chat("claude-3-5-haiku-latest", stream=True)))
+        await asyncio.sleep(0.5)
+        sim.configure("*", mode="refuse")
+        cut = await task
+        sim.reset()
+        # A client that leaves mid-stream.
+        sim.configure("openai", tokens_per_second=10, response_tokens=100)
+        ex = Exchange(chat(stream=True))
+        task = asyncio.ensure_future(call(gw, ex=ex))
+        await asyncio.sleep(0.4)
+        ex.left.set()
+        await task
+        seen[ex.headers["x-request-id"]] = ex
+        for app in r.apps:
+            assert await app.accounting.writer.flush(5)
+
+        rows = await ledger(db_url)
+        assert set(rows) == set(seen) and all(len(v) == 1 for v in rows.values())  # exactly one each
+        one = {rid: v[0] for rid, v in rows.items()}
+        row = one[rest.headers["x-request-id"]]
+        assert (row["surface"], row["status"], row["provider"]) == ("rest", 200, "openai")
+        assert row["completion_tokens"] > 0 and row["cost_usd"] > 0 and row["latency_ms"] >= row["upstream_ms"] > 0
+        row = one[sse.headers["x-request-id"]]
+        assert row["surface"] == "sse" and row["completion_tokens"] > 0 and row["cost_usd"] > 0  # never $0 for a stream
+        assert row["first_chunk_ms"] is not None
+        assert one[bad_json.headers["x-request-id"]]["status"] == 400
+        assert one[bad_json.headers["x-request-id"]]["error_type"] == "client"
+        assert one[wrong_key.headers["x-request-id"]]["error_code"] == "invalid_api_key"
+        row = one[hit.headers["x-request-id"]]
+        assert row["cache"] == "hit" and row["cost_usd"] == 0
+        assert one[provider_error.headers["x-request-id"]]["error_type"] == "provider"
+        row = one[cut.headers["x-request-id"]]
+        assert row["status"] == 200 and row["error_type"] == "provider" and row["prompt_tokens"] > 0 and row["cost_usd"] > 0
+        assert one[ex.headers["x-request-id"]]["client_gone"]
+
+        daily = await select(db_url, sa.select(sa.func.sum(usage_daily.c.requests)))
+        assert list(daily[0].values())[0] == len(seen)
+    finally:
+        await r.close()
+
+
+async def test_500_concurrent_requests_two_workers_no_lost_row(sim, db_url):
+    r = Running(sim, db_url)
+    try:
+        apps = [await r.add(), await r.add()]
+        results = await asyncio.gather(*(call(apps[i % 2], chat(user=f"u{i}")) for i in range(500)))
+        assert [x.status for x in results].count(200) == 500
+        for app in apps:
+            assert await app.accounting.writer.flush(20)
+            assert app.accounting.writer.overflow == 0
+        rows = await ledger(db_url)
+        assert len(rows) == 500 and set(rows) == {x.headers["x-request-id"] for x in results}
+        total = await select(db_url, sa.select(sa.func.sum(usage_daily.c.requests).label("n")))
+        assert total[0]["n"] == 500
+    finally:
+        await r.close()
+
+
+async def test_usage_reports_read_the_ledger(running):
+    gw = await running.add()
+    for model in ("gpt-4o-mini", "gpt-4o-mini", "claude-3-5-haiku-latest"):
+        assert (await call(gw, chat(model))).status == 200
+    data = orjson.loads((await call(gw, method="GET", path="/v1/usage")).text)["data"]
+    by_model = {d["model"]: d for d in data}
+    assert by_model["gpt-4o-mini"]["requests"] == 2 and by_model["claude-3-5-haiku-latest"]["requests"] == 1
+    assert all(d["total_tokens"] == d["prompt_tokens"] + d["completion_tokens"] and d["cost_usd"] > 0 for d in data)
+    assert (await call(gw, method="GET", path="/v1/usage", query=b"all=1")).status == 403
+    csv = (await call(gw, method="GET", path="/admin/usage", key=ADMIN_KEY, query=b"by=day&format=csv")).text.decode()
+    head, *lines = csv.strip().splitlines()
+    assert head.startswith("key,model,day,requests") and len(lines) == 2 and time.strftime("%Y-%m-%d", time.gmtime()) in lines[0]
+
+
+# --- budgets -------------------------------------------------------------------------------
+
+
+def _one_request_max(body: dict, model: str = "gpt-4o-mini") -> float:
+    return Prices().cost(model, prompt_tokens_estimate(body), body["max_tokens"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_budget_race(sim, db_url, redis_url, workers):
+    """100 concurrent requests against a budget for 10: at most 10 admitted, spend within the budget."""
+    import uuid
+
+    r = Running(sim, db_url, REDIS_URL=redis_url) if workers > 1 else Running(sim, db_url)
+    try:
+        apps = [await r.add() for _ in range(workers)]
+        name = "race-" + uuid.uuid4().hex[:8]
+        body = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "What is machine learning?"}]}
+        one = _one_request_max(body)
+        ex = await call(apps[0], orjson.dumps({"name": name, "budget_usd": 10 * one, "budget_period": "day"}),
+                        key=ADMIN_KEY, path="/admin/keys")
+        secret = orjson.loads(ex.text)["key"]
+        for app in apps[1:]:
+            await app.accounting.keys.refresh()
+        sim.configure("openai", latency_ms=1500)  # all 100 are admitted or refused before the first one settles
+        results = await asyncio.gather(*(call(apps[i % workers], orjson.dumps(body), key=secret) for i in range(100)))
+        statuses = [x.status for x in results]
+        refused = [orjson.loads(x.text)["error"] for x in results if x.status == 429]
+        assert statuses.count(200) + len(refused) == 100
+        assert 1 <= statuses.count(200) <= 10, statuses
+        assert all(e["code"] == "budget_exceeded" and e["type"] == "insufficient_quota" for e in refused)
+        for app in apps:
+            await app.accounting.writer.flush(5)
+        spent = await select(db_url, sa.select(sa.func.sum(usage.c.cost_usd).label("usd")).where(usage.c.key_name == name))
+        print(f"budget race ({workers} worker(s), {db_url.split(':')[0]}): {statuses.count(200)} admitted, "
+              f"spent ${spent[0]['usd']:.6f} of ${10 * one:.6f} ({spent[0]['usd'] / (10 * one):.1%}); one request's max ${one:.6f}")
+        assert 0 < spent[0]["usd"] <= 10 * one + one
+    finally:
+        await r.close()
+
+
+# --- the database goes away -----------------------------------------------------------------
+
+
+async def test_a_full_buffer_counts_and_logs_what_it_refuses(tmp_path, caplog):
+    """Database unreachable past the buffer's bound: the overflow is counted and logged, what fits waits."""
+    from gateway.ledger import LedgerWriter
+    from gateway.ledger.rows import COLUMNS
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/missing-dir/ledger.db", pool_timeout=0.2)  # cannot open
+    writer = LedgerWriter(engine, max_buffer=100, interval=0.01)
+    writer.start()
+    row = tuple(0 if c.endswith(("tokens", "usd", "ms", "ts", "status", "attempts")) else None for c in COLUMNS)
+    for _ in range(150):
+        writer.add(row)
+    await asyncio.sleep(0.3)
+    stats = writer.stats()
+    assert stats["overflow"] == 50 and stats["buffered"] == 100 and stats["written"] == 0 and stats["failed_batches"] >= 1
+    assert "ledger buffer full" in caplog.text and "50 usage rows refused" not in caplog.text  # logged at the first
+    assert "1 usage rows refused so far" in caplog.text
+    writer._task.cancel()
+    await engine.dispose()
+
+
+
+async def test_postgres_stopped_and_restarted_mid_run(sim):
+    """No client error while PostgreSQL is down; every row is written once it is back."""
+    from gateway.config.validate import database_url
+    from tests.pg_server import own_pg_server
+
+    with own_pg_server() as pg:
+        url = database_url("DATABASE_URL", pg.url)
+        upgrade(url)
+        r = Running(sim, url)
+        try:
+            gw = await r.add()
+            ex = await call(gw, orjson.dumps({"name": "during-outage"}), key=ADMIN_KEY, path="/admin/keys")
+            secret = orjson.loads(ex.text)["key"]
+            ids = []
+
+            async def burst(n: int) -> None:
+                res = await asyncio.gather(*(call(gw, chat(), key=secret if i % 2 else API_KEY) for i in range(n)))
+                assert [x.status for x in res] == [200] * n
+                ids.extend(x.headers["x-request-id"] for x in res)
+
+            await burst(50)
+            assert await gw.accounting.writer.flush(5)
+            pg.stop()
+            await burst(100)  # keys from the worker's cache, rows into the buffer
+            await asyncio.sleep(0.5)
+            assert gw.accounting.writer.stats()["buffered"] >= 100 and gw.accounting.writer.failures >= 1
+            pg.start()
+            await burst(50)
+            assert await gw.accounting.writer.flush(15)
+            rows = await ledger(url)
+            assert len(rows) == 200 and set(rows) == set(ids) and all(len(v) == 1 for v in rows.values())
+            assert gw.accounting.writer.overflow == 0
+        finally:
+            await r.close()
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+def gateway_cli(*args: str, url: str) -> subprocess.CompletedProcess:
+    from tests.harness import clean_env
+
+    return subprocess.run([sys.executable, "-m", "gateway", *args], env=clean_env(DATABASE_URL=url),
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_serve_refuses_a_postgres_schema_behind(pg_admin_url):
+    from tests.pg_server import drop_database, new_database
+
+    url = await new_database(pg_admin_url)
+    try:
+        proc = await asyncio.to_thread(gateway_cli, "serve", url=url)
+        assert proc.returncode == 2
+        assert "has no gateway schema" in proc.stderr and "run `gateway db upgrade`" in proc.stderr
+    finally:
+        await drop_database(pg_admin_url, url)
+
+
+def test_cli_db_keys_and_usage(tmp_path, monkeypatch, capsys):
+    """The commands in this process (``gateway.cli.main``, as the console script calls it), on a fresh SQLite file."""
+    from gateway.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+
+    def gateway(*args: str) -> str:
+        main(list(args))
+        return capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit:
+        gateway("db", "check")
+    assert exit.value.code == 2 and "gateway db upgrade" in capsys.readouterr().err
+    gateway("db", "upgrade")
+    assert "up to date" in gateway("db", "check")
+    made = gateway("keys", "create", "--name", "ci", "--budget", "3", "--period", "day", "--models", "gpt-4o,o3-mini")
+    key_id, secret = made.split()[1], made.strip().splitlines()[-1]
+    listed = gateway("keys", "list")
+    assert key_id in listed and "$3/day" in listed and "models=gpt-4o,o3-mini" in listed and secret not in listed
+    with pytest.raises(SystemExit):
+        gateway("keys", "create", "--name", "ci")  # names are unique
+    assert "exists already" in capsys.readouterr().err
+    gateway("keys", "revoke", key_id)
+    assert key_id not in gateway("keys", "list") and key_id in gateway("keys", "list", "--revoked")
+    assert gateway("usage", "--by-day").split()[:3] == ["key", "model", "day"]
+
+
+async def test_a_revocation_reaches_other_workers_through_redis(sim, db_url, redis_url):
+    """With REDIS_URL a change is announced: the other worker drops the key at once, not at its next poll (60 s)."""
+    r = Running(sim, db_url, REDIS_URL=redis_url, GATEWAY_KEY_REFRESH_SECONDS="60")
+    try:
+        gw, other = await r.add(), await r.add()
+        await asyncio.sleep(0.2)  # both subscribed
+        ex = await call(gw, orjson.dumps({"name": "announced"}), key=ADMIN_KEY, path="/admin/keys")
+        made = orjson.loads(ex.text)
+        deadline = time.monotonic() + 2
+        while (ex := await call(other, chat(), key=made["key"])).status != 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert ex.status == 200  # created on one worker, usable on the other within 2 s
+        await call(gw, key=ADMIN_KEY, method="DELETE", path=f"/admin/keys/{made['id']}")
+        t0 = time.monotonic()
+        while (ex := await call(other, chat(), key=made["key"])).status == 200 and time.monotonic() - t0 < 2:
+            await asyncio.sleep(0.02)
+        assert ex.status == 401
+    finally:
+        await r.close()
