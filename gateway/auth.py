@@ -18,6 +18,8 @@ class ApiKey:
     # Per-key overrides of the global limits; None means "use the global setting".
     requests_per_minute: int | None = None
     burst: int | None = None
+    tokens_per_minute: int | None = None  # 0 turns the global token limit off for this key
+    token_burst: int | None = None
     # None allows every model; otherwise only these client-facing names.
     models: frozenset[str] | None = None
     # Admin keys may also call the /admin endpoints (reload, cache flush, usage of all keys).

@@ -117,6 +117,13 @@ class Settings:
     # Limits
     rate_limit_requests_per_minute: int = 60
     rate_limit_burst: int = 100
+    rate_limit_enabled: bool = True
+    rate_limit_tokens_per_minute: int = 0  # 0: no token limit unless a key sets one
+    rate_limit_token_burst: int = 0  # 0: the per-minute figure
+    rate_limit_default_max_tokens: int = 1024  # reserved for an answer when the request sets no max_tokens
+    rate_limit_cache_hit_weight: float = 1.0  # a cache hit counts as this many requests
+    redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster (the limiter uses it as one)
+    ws_max_in_flight: int = 16  # requests in flight on one WebSocket connection
     # Redis connection pool (the spec's DATABASE_* settings; the gateway's only database is Redis)
     database_pool_size: int = 20
     database_max_overflow: int = 40
@@ -214,6 +221,13 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "SEMANTIC_THRESHOLD": ("semantic_threshold", lambda n, v: _float(n, v, 0, 1, lo_open=True)),
     "RATE_LIMIT_REQUESTS_PER_MINUTE": ("rate_limit_requests_per_minute", lambda n, v: _int(n, v, 1, 10**9)),
     "RATE_LIMIT_BURST": ("rate_limit_burst", lambda n, v: _int(n, v, 1, 10**9)),
+    "RATE_LIMIT_ENABLED": ("rate_limit_enabled", _bool),
+    "RATE_LIMIT_TOKENS_PER_MINUTE": ("rate_limit_tokens_per_minute", lambda n, v: _int(n, v, 0, 10**12)),
+    "RATE_LIMIT_TOKEN_BURST": ("rate_limit_token_burst", lambda n, v: _int(n, v, 0, 10**12)),
+    "RATE_LIMIT_DEFAULT_MAX_TOKENS": ("rate_limit_default_max_tokens", lambda n, v: _int(n, v, 1, 10**7)),
+    "RATE_LIMIT_CACHE_HIT_WEIGHT": ("rate_limit_cache_hit_weight", lambda n, v: _float(n, v, 0, 100)),
+    "GATEWAY_REDIS_CLUSTER": ("redis_cluster", _bool),
+    "GATEWAY_WS_MAX_IN_FLIGHT": ("ws_max_in_flight", lambda n, v: _int(n, v, 1, 10_000)),
     "DATABASE_POOL_SIZE": ("database_pool_size", lambda n, v: _int(n, v, 1, 10_000)),
     "DATABASE_MAX_OVERFLOW": ("database_max_overflow", lambda n, v: _int(n, v, 0, 10_000)),
     "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", lambda n, v: _float(n, v, 0, 3600, lo_open=True)),
@@ -242,7 +256,7 @@ def _table(name: str, raw: Any) -> dict:
 
 def _parse_key(name: str, entry: Any) -> ApiKey:
     entry = _table(name, entry)
-    unknown = set(entry) - {"key", "name", "requests_per_minute", "burst", "models", "admin"}
+    unknown = set(entry) - {"key", "name", "requests_per_minute", "burst", "tokens_per_minute", "token_burst", "models", "admin"}
     if unknown:
         raise ConfigError(f"{name}: unknown setting {sorted(unknown)[0]!r}")
     key = _str(f"{name}.key", entry.get("key"))
@@ -253,11 +267,15 @@ def _parse_key(name: str, entry: Any) -> ApiKey:
         models = frozenset(models)
     rpm = entry.get("requests_per_minute")
     burst = entry.get("burst")
+    tpm = entry.get("tokens_per_minute")
+    tburst = entry.get("token_burst")
     return ApiKey(
         key=key,
         name=_str(f"{name}.name", entry.get("name", key[:8] + "…")),
         requests_per_minute=None if rpm is None else _int(f"{name}.requests_per_minute", rpm),
         burst=None if burst is None else _int(f"{name}.burst", burst),
+        tokens_per_minute=None if tpm is None else _int(f"{name}.tokens_per_minute", tpm, 0, 10**12),
+        token_burst=None if tburst is None else _int(f"{name}.token_burst", tburst, 1, 10**12),
         models=models,
         admin=_bool(f"{name}.admin", entry.get("admin", False)),
     )

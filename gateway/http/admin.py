@@ -28,7 +28,7 @@ log = logging.getLogger("gateway")
 
 ROUTES = (
     "/health", "/ready", "/v1/models", "/v1/models/{model}", "/v1/usage", "/v1/providers",
-    "/admin/reload", "/admin/cache", "/admin/cache/flush",
+    "/admin/reload", "/admin/cache", "/admin/cache/flush", "/admin/limits",
 )
 
 
@@ -103,6 +103,12 @@ def build(gateway) -> Starlette:
             return json_response({"enabled": False, "worker": os.getpid()})
         return json_response({"enabled": True, "worker": os.getpid(), **gateway.cache.stats()})
 
+    async def admin_limits(request: Request) -> Response:
+        require_admin(key_of(request))
+        if gateway.limiter is None:
+            return json_response({"enabled": False, "worker": os.getpid()})
+        return json_response({"enabled": True, "worker": os.getpid(), **gateway.limiter.report()})
+
     async def admin_cache_flush(request: Request) -> Response:
         """Drop a namespace (``{"namespace": "x"}``) or everything (``{}``), here, in Redis and in every worker."""
         require_admin(key_of(request))
@@ -165,6 +171,7 @@ def build(gateway) -> Starlette:
             Route("/v1/providers", providers_report),
             Route("/admin/reload", admin_reload, methods=["POST"]),
             Route("/admin/cache", admin_cache_stats),
+            Route("/admin/limits", admin_limits),
             Route("/admin/cache/flush", admin_cache_flush, methods=["POST"]),
         ],
         exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: unexpected},

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from time import perf_counter
 from typing import AsyncIterator
 
+from gateway import ratelimit
 from gateway import reload as reloading
 from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
@@ -43,6 +44,12 @@ class Gateway:
         self.finish = Finish()
         self.finish.add(self.usage.on_finish)
         self.admission = Admission(self.router, self.cache)
+        self.limiter = None
+        if settings.rate_limit_enabled:
+            redis = ratelimit.connect(settings.redis_url, settings.redis_cluster) if settings.redis_url else None
+            self.limiter = ratelimit.Limiter(lambda: self.router.state.settings, redis)
+            self.admission.limiters.append(self.limiter)
+            self.finish.add(self.limiter.on_finish)  # settles token usage, weighs cache hits
         self.pipeline = Pipeline(self.router, self.cache)
         self.relay = Relay(self.admission, self.pipeline, self.finish, settings.stream_ping_seconds)
         self.web = admin.build(self)
@@ -61,6 +68,8 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, app) -> AsyncIterator[None]:
         sighup = reloading.install(self._on_sighup)  # gateway/reload.py: how reloads reach every worker
+        if self.limiter is not None:
+            await self.limiter.start()
         if self.cache is not None:
             await self.cache.start()  # loads live entries from Redis; never fails on a Redis outage
         yield
@@ -68,6 +77,8 @@ class Gateway:
             reloading.uninstall()
         # Granian lets in-flight requests finish before this runs; then the pools close.
         await self.router.close()
+        if self.limiter is not None:
+            await self.limiter.close()  # unspent leases go back to the shared bucket
         if self.cache is not None:
             await self.cache.close()
 

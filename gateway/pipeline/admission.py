@@ -23,8 +23,9 @@ from gateway.errors import GatewayError, invalid
 from gateway.pipeline.outcome import Outcome
 from gateway.request import ChatRequest, parse_json, validate_chat
 
-# limiter(request) → None to admit, or raises a GatewayError (429) to refuse.
-Limiter = Callable[[ChatRequest], None]
+# limiter(request) → None to admit, or raises a GatewayError (429) to refuse; it may instead return an
+# awaitable (rarely: a shared limiter whose local lease ran out) that admits or raises the same way.
+Limiter = Callable[[ChatRequest], Awaitable[None] | None]
 
 
 @dataclass(slots=True)
@@ -87,7 +88,9 @@ class Admission:
         if self.cache is not None:
             req.cache_controls = self.cache.parse_controls(headers)
         for limiter in self.limiters:  # last: a request refused for its own mistakes costs no quota
-            limiter(req)
+            pending = limiter(req)
+            if pending is not None:
+                await pending
         return req
 
     @staticmethod

@@ -10,6 +10,7 @@ a ledger) reads it instead of asking each stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.providers.base import Deployment
@@ -57,6 +58,11 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Limits (gateway/ratelimit.py): the state after admission, for the x-ratelimit-* headers.
+    limit_requests: Any = None  # ratelimit.State, or None when no request limit ran
+    limit_tokens: Any = None  # ratelimit.State when a token limit applies
+    reserved_tokens: int = 0  # reserved at admission
+    charged_tokens: int = 0  # charged since, beyond the reservation (negative: given back)
     # Time.
     upstream_seconds: float = 0.0  # spent waiting on providers, summed over attempts
     first_chunk_seconds: float | None = None  # arrival to the first chunk sent to the client
