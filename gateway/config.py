@@ -122,6 +122,7 @@ class Settings:
     rate_limit_token_burst: int = 0  # 0: the per-minute figure
     rate_limit_default_max_tokens: int = 1024  # reserved for an answer when the request sets no max_tokens
     rate_limit_cache_hit_weight: float = 1.0  # a cache hit counts as this many requests
+    rate_limit_redis_timeout: float = 0.5  # a lease slower than this fails open (local bucket) for a while
     redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster (the limiter uses it as one)
     ws_max_in_flight: int = 16  # requests in flight on one WebSocket connection
     # Redis connection pool (the spec's DATABASE_* settings; the gateway's only database is Redis)
@@ -226,6 +227,7 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "RATE_LIMIT_TOKEN_BURST": ("rate_limit_token_burst", lambda n, v: _int(n, v, 0, 10**12)),
     "RATE_LIMIT_DEFAULT_MAX_TOKENS": ("rate_limit_default_max_tokens", lambda n, v: _int(n, v, 1, 10**7)),
     "RATE_LIMIT_CACHE_HIT_WEIGHT": ("rate_limit_cache_hit_weight", lambda n, v: _float(n, v, 0, 100)),
+    "RATE_LIMIT_REDIS_TIMEOUT_SECONDS": ("rate_limit_redis_timeout", lambda n, v: _float(n, v, 0, 60, lo_open=True)),
     "GATEWAY_REDIS_CLUSTER": ("redis_cluster", _bool),
     "GATEWAY_WS_MAX_IN_FLIGHT": ("ws_max_in_flight", lambda n, v: _int(n, v, 1, 10_000)),
     "DATABASE_POOL_SIZE": ("database_pool_size", lambda n, v: _int(n, v, 1, 10_000)),

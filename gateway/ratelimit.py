@@ -41,7 +41,7 @@ log = logging.getLogger("gateway")
 
 LEASE_SECONDS = 1.0  # a lease covers about this much of a worker's demand, then goes back unspent
 ACTIVE_SECONDS = 5.0  # a worker counts towards a key's fair share this long after its last lease
-REDIS_TIMEOUT = 0.25  # a lease that takes longer fails open for this request
+REDIS_TIMEOUT = 0.5  # default of RATE_LIMIT_REDIS_TIMEOUT_SECONDS: a lease slower than this fails open
 RETRY_SECONDS = 1.0  # after a Redis failure, the next attempt waits this long
 
 # One atomic step on the shared bucket: refill by the server's clock, take back what a
@@ -167,7 +167,7 @@ class Shared:
 
     __slots__ = (
         "rule", "redis_key", "workers_key", "allowance", "expires", "empty_until", "remote", "active",
-        "pending", "spent", "since", "fallback", "down_until", "owed",
+        "pending", "spent", "since", "fallback", "down_until", "owed", "scarce",
     )
 
     def __init__(self, rule: Rule, tag: str, kind: str, active: int, now: float) -> None:
@@ -185,6 +185,9 @@ class Shared:
         self.fallback: Bucket | None = None
         self.down_until = 0.0
         self.owed = 0.0  # spent on the fallback bucket: charged to the shared one when Redis answers again
+        # The shared bucket is nearly drained: lease only for a waiting request, never ahead, so no
+        # worker sits on tokens another one's client is waiting for.
+        self.scarce = False
 
     def want(self, need: float, now: float) -> float:
         elapsed = max(now - self.since, 0.05)
@@ -233,8 +236,12 @@ class Limiter:
     the arithmetic without sleeping.
     """
 
-    def __init__(self, settings: Callable[[], object], redis=None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: Callable[[], object], redis=None, clock: Callable[[], float] = time.monotonic,
+        timeout: float = REDIS_TIMEOUT,
+    ) -> None:
         self.settings = settings  # the current snapshot's settings (a reload changes the global limits)
+        self.timeout = timeout
         self.redis = redis
         self.clock = clock
         self.stats = Stats()
@@ -324,7 +331,7 @@ class Limiter:
     def _spend(self, s: Shared, n: float, now: float) -> None:
         s.allowance -= n
         s.spent += n
-        if s.pending is None and s.allowance < s.want(0, now) * 0.25 and s.fallback is None:
+        if s.pending is None and not s.scarce and s.allowance < s.want(0, now) * 0.25 and s.fallback is None:
             self._background_lease(s, 0)  # top up before the lease runs dry, off the request's path
 
     def _admitted(self, req, a: Shared, b: Shared | None, need: float, now: float) -> None:
@@ -361,7 +368,7 @@ class Limiter:
                 return s.empty_until - now
             fut = s.pending if s.pending is not None else self._start_lease(s, n)
             try:
-                await asyncio.wait_for(asyncio.shield(fut), REDIS_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(fut), self.timeout)
             except asyncio.TimeoutError:
                 if s.fallback is None:
                     self.stats.redis_errors += 1
@@ -445,6 +452,7 @@ class Limiter:
         s.allowance += int(granted)
         s.remote = float(level)
         s.active = int(active)
+        s.scarce = int(granted) < want or s.remote < s.active
         s.spent = 0.0
         s.since = now
         s.expires = now + LEASE_SECONDS
@@ -622,16 +630,16 @@ def reservation(body: dict, default_max: int) -> int:
     return prompt_estimate(body) + most * (body.get("n") or 1)
 
 
-def connect(url: str, cluster: bool):
+def connect(url: str, cluster: bool, timeout: float = REDIS_TIMEOUT):
     """The limiter's own Redis client: short time-outs and no retries, since a slow answer fails open anyway."""
     if cluster:
         from redis.asyncio.cluster import RedisCluster
 
-        return RedisCluster.from_url(url, socket_timeout=REDIS_TIMEOUT * 2, socket_connect_timeout=REDIS_TIMEOUT)
+        return RedisCluster.from_url(url, socket_timeout=timeout * 2, socket_connect_timeout=timeout)
     import redis.asyncio as aioredis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     return aioredis.Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT * 2, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0),
+        url, socket_timeout=timeout * 2, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
     )

@@ -23,6 +23,11 @@ from gateway.request import ChatRequest
 from tests.redis_server import _ping, own_redis_server
 
 
+# Lease time-out for the accuracy tests: the test machine is shared and often loaded; a Redis that
+# answers slowly must not turn into a fail-open there (the outage test keeps the default).
+SLOW = 2.0
+
+
 def settings_of(**env):
     return load_settings({"GATEWAY_CACHE": "off", "WORKER_PROCESSES": "4", **env})
 
@@ -81,7 +86,7 @@ async def close_all(workers):
 async def test_shared_limit_across_workers_with_skew(redis_url):
     s = settings_of(RATE_LIMIT_REQUESTS_PER_MINUTE="1200", RATE_LIMIT_BURST="60")
     key = ApiKey(key="k-" + uuid.uuid4().hex, name="k")
-    workers = [Limiter(lambda: s, connect(redis_url, False)) for _ in range(4)]
+    workers = [Limiter(lambda: s, connect(redis_url, False, SLOW), timeout=SLOW) for _ in range(4)]
     try:
         admitted, elapsed = await drive(workers, key, 4.0, [0.9 * 0.5, 0.9 * 0.5, 0.05, 0.05])
     finally:
@@ -95,7 +100,7 @@ async def test_shared_limit_across_workers_with_skew(redis_url):
 async def test_unused_lease_goes_back(redis_url):
     s = settings_of(RATE_LIMIT_REQUESTS_PER_MINUTE="60", RATE_LIMIT_BURST="100")
     key = ApiKey(key="k-" + uuid.uuid4().hex, name="k")
-    a, b = (Limiter(lambda: s, connect(redis_url, False)) for _ in range(2))
+    a, b = (Limiter(lambda: s, connect(redis_url, False, SLOW), timeout=SLOW) for _ in range(2))
     try:
         # a takes a burst of demand (its lease grows), then goes quiet; its spare tokens must reach b.
         got_a = sum([await admit(a, key) for _ in range(40)])
@@ -211,7 +216,7 @@ def cluster():
 async def test_shared_limit_on_redis_cluster(cluster):
     s = settings_of(RATE_LIMIT_REQUESTS_PER_MINUTE="600", RATE_LIMIT_BURST="30")
     keys = [ApiKey(key=f"k-{i}-" + uuid.uuid4().hex, name=f"k{i}") for i in range(6)]  # spread over the slots
-    workers = [Limiter(lambda: s, connect(cluster.url, True)) for _ in range(3)]
+    workers = [Limiter(lambda: s, connect(cluster.url, True, SLOW), timeout=SLOW) for _ in range(3)]
     for w in workers:
         await w.start()
     try:

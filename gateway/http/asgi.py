@@ -46,8 +46,9 @@ class Gateway:
         self.admission = Admission(self.router, self.cache)
         self.limiter = None
         if settings.rate_limit_enabled:
-            redis = ratelimit.connect(settings.redis_url, settings.redis_cluster) if settings.redis_url else None
-            self.limiter = ratelimit.Limiter(lambda: self.router.state.settings, redis)
+            t = settings.rate_limit_redis_timeout
+            redis = ratelimit.connect(settings.redis_url, settings.redis_cluster, t) if settings.redis_url else None
+            self.limiter = ratelimit.Limiter(lambda: self.router.state.settings, redis, timeout=t)
             self.admission.limiters.append(self.limiter)
             self.finish.add(self.limiter.on_finish)  # settles token usage, weighs cache hits
         self.pipeline = Pipeline(self.router, self.cache)
