@@ -65,7 +65,7 @@ async def test_limit_holds_across_instances_and_a_redis_restart(sim):
     with own_redis_server() as redis:
         env = simulator_env(sim.base_url) | {
             "REDIS_URL": redis.url, "GATEWAY_CACHE": "off", "RATE_LIMIT_REQUESTS_PER_MINUTE": str(RPM),
-            "RATE_LIMIT_BURST": str(BURST), "RATE_LIMIT_REDIS_TIMEOUT_SECONDS": "2",
+            "RATE_LIMIT_BURST": str(BURST), "RATE_LIMIT_REDIS_TIMEOUT_SECONDS": "2", "RATE_LIMIT_ENABLED": "true",
         }
         with running_gateway(env, workers=4) as a, running_gateway(env, workers=4) as b:
             urls, skew = [a.url, b.url], [0.9, 0.1]

@@ -29,6 +29,7 @@ from gateway.pipeline.pipeline import Pipeline
 from gateway.router import Router
 from gateway.snapshot import Snapshot
 from gateway.usage import Usage
+from gateway.ws import WebSockets
 
 log = logging.getLogger("gateway")
 
@@ -54,6 +55,7 @@ class Gateway:
         self.pipeline = Pipeline(self.router, self.cache)
         self.relay = Relay(self.admission, self.pipeline, self.finish, settings.stream_ping_seconds)
         self.web = admin.build(self)
+        self.ws = WebSockets(self)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -106,6 +108,9 @@ class Gateway:
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self.ws(scope, receive, send)  # /ws (gateway/ws.py); other paths are refused there
+                return
             await self.web(scope, receive, send)  # lifespan
             return
         if scope["path"] in chat.PATHS:
