@@ -525,8 +525,9 @@ class Limiter:
                 self._refund_request(req, 1.0 - weight)
         if outcome.limit_tokens is not None and outcome.reserved_tokens:
             used = 0 if outcome.from_cache else outcome.prompt_tokens + outcome.completion_tokens
-            if not used and not outcome.from_cache and outcome.charged_tokens + outcome.reserved_tokens > 0 and outcome.status == 200:
-                used = outcome.reserved_tokens + outcome.charged_tokens  # no usage reported: keep what was counted
+            if not used and not outcome.from_cache and outcome.status == 200:
+                # No usage reported (a cut stream, a provider that omits it): what was metered, else the reservation.
+                used = req.meter.used if req.meter is not None else outcome.reserved_tokens + outcome.charged_tokens
             self._settle(req, outcome, used)
 
     def _settle(self, req, outcome, used: float) -> None:
@@ -600,12 +601,17 @@ class StreamMeter:
                         chars += len(fn.get("arguments") or "") + len(fn.get("name") or "")
         if chars:
             self.chars += chars
-            used = self.prompt + (self.chars + 3) // 4
             out = self.req.outcome
-            over = used - out.reserved_tokens - out.charged_tokens
+            over = self.used - out.reserved_tokens - out.charged_tokens
             if over > 0:
                 out.charged_tokens += over
                 self.limiter._charge(self.req.key.key, "tok", over)
+
+
+    @property
+    def used(self) -> int:
+        """Tokens so far by the estimate: the prompt's and the content's that has passed."""
+        return self.prompt + (self.chars + 3) // 4
 
 
 def prompt_estimate(body: dict) -> int:

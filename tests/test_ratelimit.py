@@ -145,6 +145,15 @@ def test_stream_is_charged_while_it_runs():
     assert 600 - lim.local[(API_KEY, "tok")].level(clock.now) == prompt_estimate(r.body) + 300
 
 
+def test_cut_stream_without_usage_pays_what_was_metered():
+    lim, key, clock = local_limiter(RATE_LIMIT_TOKENS_PER_MINUTE="6000", RATE_LIMIT_DEFAULT_MAX_TOKENS="1000")
+    r = request(key, stream=True)
+    lim(r)
+    r.meter([{"choices": [{"index": 0, "delta": {"content": "x" * 80}}]}])  # 20 tokens, then the client left
+    finish(lim, r, 0, 0)  # no usage reported
+    assert 6000 - lim.local[(API_KEY, "tok")].level(clock.now) == prompt_estimate(r.body) + 20  # not the 1000 reserved
+
+
 def test_cache_hit_weight():
     lim, key, clock = local_limiter(RATE_LIMIT_BURST="10", RATE_LIMIT_CACHE_HIT_WEIGHT="0.25")
     for _ in range(4):
