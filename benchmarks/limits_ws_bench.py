@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import gateway_bench as gb  # noqa: E402  (the shared process, wrk and /proc hel
 
 from gateway.simulator import SimulatorProcess  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
+from tests.test_ratelimit_e2e import offer  # noqa: E402
 
 RPM, BURST = 1200, 40
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark in a few words"}]
@@ -62,29 +62,11 @@ def uptime() -> str:
 # --- 1. accuracy ----------------------------------------------------------------------
 
 
-async def offer(urls: list[str], weights: list[float], seconds: float, per_second: int) -> dict:
-    rnd = random.Random(5)
+async def offer_load(urls: list[str], weights: list[float], seconds: float, per_second: int) -> dict:
+    """The accuracy test's open-loop load (tests/test_ratelimit_e2e.py), counted by status."""
     counts: dict = {}
-    headers = {"authorization": f"Bearer {gb.API_KEY}"}
-    body = {"model": "gpt-4o-mini", "messages": MESSAGES}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, force_close=True)) as s:
-
-        async def one(url: str) -> None:
-            try:
-                async with s.post(url + gb.CHAT_PATH, json=body, headers=headers) as r:
-                    await r.read()
-                    counts[r.status] = counts.get(r.status, 0) + 1
-            except aiohttp.ClientError as exc:
-                counts[type(exc).__name__] = counts.get(type(exc).__name__, 0) + 1
-
-        tasks, start, i = [], time.monotonic(), 0
-        while time.monotonic() - start < seconds:
-            tasks.append(asyncio.ensure_future(one(rnd.choices(urls, weights)[0])))
-            i += 1
-            delay = start + i / per_second - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await asyncio.gather(*tasks)
+        await offer(s, urls, weights, seconds, per_second, counts)
     return counts
 
 
@@ -107,7 +89,7 @@ def accuracy(sim_base: str) -> list[dict]:
             for g in gws:
                 g.start()
             seconds = 10.0
-            counts = asyncio.run(offer([g.url for g in gws], weights, seconds, 60))
+            counts = asyncio.run(offer_load([g.url for g in gws], weights, seconds, 60))
         finally:
             for g in gws:
                 g.stop()
