@@ -9,7 +9,8 @@ All on 127.0.0.1, bounded in time, stops by itself:
    scenario (instances x workers, Redis or not, traffic skew) admitted vs burst + refill;
 2. cost: non-streaming wrk -c50 through one pinned gateway worker with limits off, on (local
    buckets) and on (Redis leases), limits set so high nothing is refused, interleaved over rounds;
-   the ratio on/off is per round (same run), the median reported;
+   the ratio on/off is per round (same run), the median reported; "micro": the limiter's own CPU
+   per admitted request in this process (best of 5 x 50,000 calls), local and with Redis leases;
 3. ws: one gateway worker holds N WebSocket connections (opened 200 at a time), idle, then every
    one streams one chat at once; errors counted; RSS per idle connection = growth / N;
 4. ttfd: time to the first delta over /ws through the gateway vs the simulator's own first SSE
@@ -136,6 +137,49 @@ def cost(sim_base: str, rounds: int, seconds: int) -> dict:
     return out
 
 
+def cost_micro(redis_url: str, calls: int = 50_000) -> dict:
+    """CPU per admitted request inside the limiter (in this process: no HTTP noise), best of 5."""
+    from gateway.config import load_settings
+    from gateway.pipeline.outcome import Outcome
+    from gateway.ratelimit import Limiter, connect
+    from gateway.request import ChatRequest
+
+    settings = load_settings({"GATEWAY_API_KEYS": gb.API_KEY, "GATEWAY_CACHE": "off",
+                              "RATE_LIMIT_REQUESTS_PER_MINUTE": str(10**9), "RATE_LIMIT_BURST": str(10**9)})
+    key = settings.api_keys[gb.API_KEY]
+    body = {"model": "m", "messages": MESSAGES}
+
+    def req() -> ChatRequest:
+        return ChatRequest(body, "m", False, False, "r", key, {}, 0.0, 0.0, outcome=Outcome("r", 0.0))
+
+    async def run(lim) -> float:
+        for _ in range(1000):  # warm: leases in hand
+            p = lim(req())
+            if p is not None:
+                await p
+        best = float("inf")
+        for _ in range(5):
+            reqs = [req() for _ in range(calls)]
+            t0 = time.perf_counter()
+            for r in reqs:
+                p = lim(r)
+                if p is not None:
+                    await p
+            best = min(best, (time.perf_counter() - t0) / calls)
+        return best
+
+    async def both() -> dict:
+        local = await run(Limiter(lambda: settings))
+        shared = Limiter(lambda: settings, connect(redis_url, False, 2.0), timeout=2.0)
+        remote = await run(shared)
+        leases = shared.stats.redis_leases
+        await shared.close()
+        return {"local_us_per_request": round(local * 1e6, 2), "redis_us_per_request": round(remote * 1e6, 2),
+                "redis_leases_for_calls": [leases, 1000 + 5 * calls]}
+
+    return asyncio.run(both())
+
+
 # --- 3. WebSocket capacity -------------------------------------------------------------
 
 
@@ -257,7 +301,7 @@ def ttfd(sim: SimulatorProcess, rounds: int, seconds: float) -> list[dict]:
             direct: list[float] = []
             via: list[float] = []
             for r in range(rounds):
-                direct += asyncio.run(ttfd_sse(sim.base_url + "/v1", conns, seconds))
+                direct += asyncio.run(ttfd_sse(sim.base_url, conns, seconds))
                 via += asyncio.run(ttfd_ws(ws_url, conns, seconds))
             row = {"connections": conns, "simulator_sse_p50_ms": pct(direct, 50), "simulator_sse_p99_ms": pct(direct, 99),
                    "gateway_ws_p50_ms": pct(via, 50), "gateway_ws_p99_ms": pct(via, 99),
@@ -271,7 +315,7 @@ def ttfd(sim: SimulatorProcess, rounds: int, seconds: float) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="accuracy,cost,ws,ttfd")
+    ap.add_argument("--only", default="accuracy,cost,micro,ws,ttfd")
     ap.add_argument("--ws-conns", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=8)
@@ -285,6 +329,14 @@ def main() -> int:
             results["accuracy"] = accuracy(sim.base_url)
         if "cost" in parts:
             results["cost"] = cost(sim.base_url, args.rounds, args.seconds)
+        if "micro" in parts:
+            redis = RedisServer()
+            redis.start()
+            try:
+                results["cost_micro"] = cost_micro(redis.url)
+            finally:
+                redis.stop()
+            gb.log(f"micro: {results['cost_micro']}")
         if "ws" in parts:
             sim.configure("*", tokens_per_second=100, response_tokens=20)
             results["ws"] = ws_capacity(sim.base_url, args.ws_conns)

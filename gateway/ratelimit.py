@@ -167,7 +167,7 @@ class Shared:
 
     __slots__ = (
         "rule", "redis_key", "workers_key", "allowance", "expires", "empty_until", "remote", "active",
-        "pending", "spent", "since", "fallback", "down_until", "owed", "scarce",
+        "pending", "spent", "since", "fallback", "down_until", "owed", "scarce", "lease",
     )
 
     def __init__(self, rule: Rule, tag: str, kind: str, active: int, now: float) -> None:
@@ -188,6 +188,7 @@ class Shared:
         # The shared bucket is nearly drained: lease only for a waiting request, never ahead, so no
         # worker sits on tokens another one's client is waiting for.
         self.scarce = False
+        self.lease = 1.0  # the last lease's size: a quarter of it left starts the next one
 
     def want(self, need: float, now: float) -> float:
         elapsed = max(now - self.since, 0.05)
@@ -248,6 +249,7 @@ class Limiter:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.local: dict[tuple[str, str], Bucket] = {}
         self.shared: dict[tuple[str, str], Shared] = {}
+        self._resolved: dict[str, tuple] = {}  # key → (settings, ApiKey, rules, buckets): no lookups per request
         self._script = redis.register_script(LEASE_SCRIPT) if redis is not None else None
         self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
@@ -265,26 +267,40 @@ class Limiter:
 
     # --- admission ----------------------------------------------------------
 
+    def _resolve(self, key, settings, now: float) -> tuple:
+        """A key's rules and buckets under these settings, kept until a reload changes either."""
+        req_rule, tok_rule = self.rules(key)
+        if self.redis is None:
+            first = self._local(key, "req", req_rule, now)
+            second = self._local(key, "tok", tok_rule, now) if tok_rule is not None else None
+        else:
+            first = self._shared(key, "req", req_rule, now)
+            second = self._shared(key, "tok", tok_rule, now) if tok_rule is not None else None
+        entry = self._resolved[key.key] = (settings, key, req_rule, tok_rule, first, second)
+        return entry
+
     def __call__(self, req):
         """Admit or raise a 429; returns an awaitable only when a lease must be fetched first."""
         key = req.key
         now = self.clock()
-        req_rule, tok_rule = self.rules(key)
+        settings = self.settings()
+        entry = self._resolved.get(key.key)
+        if entry is None or entry[0] is not settings or entry[1] is not key:
+            entry = self._resolve(key, settings, now)
+        _, _, req_rule, tok_rule, a, b = entry
         need = 0
         if tok_rule is not None:
-            need = reservation(req.body, self.settings().rate_limit_default_max_tokens)
+            need = reservation(req.body, settings.rate_limit_default_max_tokens)
             if need > tok_rule.burst:
                 raise GatewayError(
                     429, f"This request reserves {need} tokens, more than this key's token burst of {tok_rule.burst}. "
                     "Lower max_tokens or the prompt.", "tokens", "max_tokens", "rate_limit_exceeded",
                 )
         if self.redis is None:
-            self._take_local(req, key, "req", req_rule, 1, now, need)
-            if tok_rule is not None:
-                self._take_local(req, key, "tok", tok_rule, need, now, 0)
+            self._take_local(req, a, "req", req_rule, 1, now, None)
+            if b is not None:
+                self._take_local(req, b, "tok", tok_rule, need, now, a)
             return None
-        a = self._shared(key, "req", req_rule, now)
-        b = self._shared(key, "tok", tok_rule, now) if tok_rule is not None else None
         if a.allowance >= 1 and (b is None or b.allowance >= need) and a.fallback is None and (b is None or b.fallback is None):
             self._spend(a, 1, now)
             if b is not None:
@@ -293,14 +309,17 @@ class Limiter:
             return None
         return self._admit_shared(req, a, b, need)
 
-    def _take_local(self, req, key, kind: str, rule: Rule, n: float, now: float, token_need: float) -> None:
+    def _local(self, key, kind: str, rule: Rule, now: float) -> Bucket:
         b = self.local.get((key.key, kind))
         if b is None or b.rate != rule.rate or b.capacity != rule.burst:
             b = self.local[(key.key, kind)] = Bucket(rule.rate, rule.burst, now, None if b is None else b.level(now))
+        return b
+
+    def _take_local(self, req, b: Bucket, kind: str, rule: Rule, n: float, now: float, slot: Bucket | None) -> None:
         if not b.take(n, now):
             self.stats.refused += 1
-            if kind == "tok":
-                self.local[(key.key, "req")].charge(-1, now)  # the request was not served: its slot goes back
+            if slot is not None:
+                slot.charge(-1, now)  # refused for tokens: the request slot it took goes back
             raise self._refusal(req, kind, rule, b.wait(n, now), now)
         out = req.outcome
         state = State(rule.per_minute, int(max(0.0, b.tokens)), b.reset(now))
@@ -331,7 +350,7 @@ class Limiter:
     def _spend(self, s: Shared, n: float, now: float) -> None:
         s.allowance -= n
         s.spent += n
-        if s.pending is None and not s.scarce and s.allowance < s.want(0, now) * 0.25 and s.fallback is None:
+        if s.allowance * 4 < s.lease and s.pending is None and not s.scarce and s.fallback is None:
             self._background_lease(s, 0)  # top up before the lease runs dry, off the request's path
 
     def _admitted(self, req, a: Shared, b: Shared | None, need: float, now: float) -> None:
@@ -450,6 +469,7 @@ class Limiter:
             s.fallback = None
         s.down_until = 0.0
         s.allowance += int(granted)
+        s.lease = max(1.0, float(granted))
         s.remote = float(level)
         s.active = int(active)
         s.scarce = int(granted) < want or s.remote < s.active
