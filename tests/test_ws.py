@@ -107,6 +107,22 @@ async def test_bad_key_closes_1008(gw, how):
         assert await closed_code(ws) == 1008
 
 
+def _usage_requests(gw) -> int:
+    import urllib.request
+
+    req = urllib.request.Request(gw.url + "/v1/usage", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return sum(row["requests"] for row in orjson.loads(r.read())["data"])
+
+
+async def test_finish_hook_counts_ws_requests(gw):
+    before = _usage_requests(gw)
+    async with connect(gw) as ws:
+        await send(ws, type="chat", id="u", model="gpt-4o-mini", messages=MESSAGES)
+        assert (await collect(ws, {"u"}))["u"]["done"] is not None
+    assert _usage_requests(gw) == before + 1
+
+
 async def test_multiplexed_requests(gw, sim):
     sim.configure("*", tokens_per_second=300, response_tokens=40)
     async with connect(gw) as ws:
