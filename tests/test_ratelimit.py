@@ -229,3 +229,26 @@ async def test_limits_off(sim):
             assert status == 200 and "x-ratelimit-limit-requests" not in h
     finally:
         await gw.router.close()
+
+
+async def test_a_running_stream_is_charged_through_the_pipeline(sim):
+    """The pipeline meters each streamed batch: the bucket drops past the reservation before the stream ends."""
+    sim.configure("*", tokens_per_second=200, response_tokens=400)
+    gw = Gateway(load_settings(simulator_env(sim.base_url) | {
+        "GATEWAY_API_KEYS": API_KEY, "GATEWAY_CACHE": "off", "RATE_LIMIT_TOKENS_PER_MINUTE": "60",
+        "RATE_LIMIT_TOKEN_BURST": "100000", "RATE_LIMIT_DEFAULT_MAX_TOKENS": "10",
+    }))  # a refill of one token a second: what was spent stays visible
+    try:
+        task = asyncio.ensure_future(call(gw, {**CHAT, "stream": True}))
+        await asyncio.sleep(1.0)  # about 200 of the 400 words streamed
+        assert not task.done()
+        bucket = gw.limiter.local[(API_KEY, "tok")]
+        spent = 100000 - bucket.level(gw.limiter.clock())
+        assert spent > 10 + 50  # the reservation (prompt + 10), and already far past it
+        status, _, _ = await task
+        assert status == 200
+        spent = 100000 - bucket.level(gw.limiter.clock())
+        assert spent >= 400 - 5  # settled with the provider's usage at the end (less a few seconds of refill)
+    finally:
+        sim.reset()
+        await gw.router.close()
