@@ -19,6 +19,8 @@ class ApiKey:
     # Per-key overrides of the global limits; None means "use the global setting".
     requests_per_minute: int | None = None
     burst: int | None = None
+    tokens_per_minute: int | None = None  # 0 turns the global token limit off for this key
+    token_burst: int | None = None
     # None allows every model; otherwise only these client-facing names.
     models: frozenset[str] | None = None
     # Admin keys may also call the /admin endpoints (reload, cache flush, usage of all keys).
@@ -27,7 +29,6 @@ class ApiKey:
     id: str | None = None
     owner: str | None = None
     team: str | None = None
-    tokens_per_minute: int | None = None  # for the limiter, like requests_per_minute
     budget_usd: float | None = None  # spend allowed per budget_period (gateway/budget.py)
     budget_period: str | None = None  # day | month (UTC)
     expires_at: float | None = None  # epoch seconds; None: never

@@ -158,7 +158,9 @@ def serve(args: argparse.Namespace) -> None:
         loop=Loops.uvloop,
         workers=workers,
         backlog=max(128, settings.worker_connections),
-        backpressure=settings.worker_connections,
+        # A WebSocket holds one of Granian's slots for its whole life; /ws caps connections at
+        # WORKER_CONNECTIONS itself (refusing beyond with 1013), so leave HTTP requests room beside them.
+        backpressure=settings.worker_connections * 2,
         http1_settings=HTTP1Settings(keep_alive=True),
         log_level=settings.log_level.lower() if settings.log_level != "CRITICAL" else "critical",
         log_access=settings.log_level == "DEBUG",

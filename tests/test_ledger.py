@@ -52,7 +52,8 @@ class Running:
     async def add(self, **env) -> Gateway:
         settings = load_settings(simulator_env(self.sim.base_url) | {
             "GATEWAY_API_KEYS": API_KEY, "GATEWAY_ADMIN_KEYS": ADMIN_KEY, "GATEWAY_CACHE": "off",
-            "GATEWAY_STREAM_PING_SECONDS": "0.1", "DATABASE_URL": self.url, **self.env, **env,
+            "GATEWAY_STREAM_PING_SECONDS": "0.1", "DATABASE_URL": self.url, "RATE_LIMIT_ENABLED": "false",
+            **self.env, **env,
         })
         gw = Gateway(settings)
         if gw.cache is not None:

@@ -58,6 +58,14 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "DATABASE_POOL_SIZE": ("database_pool_size", lambda n, v: integer(n, v, 1, 10_000)),
     "DATABASE_MAX_OVERFLOW": ("database_max_overflow", lambda n, v: integer(n, v, 0, 10_000)),
     "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", lambda n, v: number(n, v, 0, 3600, lo_open=True)),
+    "RATE_LIMIT_ENABLED": ("rate_limit_enabled", boolean),
+    "RATE_LIMIT_TOKENS_PER_MINUTE": ("rate_limit_tokens_per_minute", lambda n, v: integer(n, v, 0, 10**12)),
+    "RATE_LIMIT_TOKEN_BURST": ("rate_limit_token_burst", lambda n, v: integer(n, v, 0, 10**12)),
+    "RATE_LIMIT_DEFAULT_MAX_TOKENS": ("rate_limit_default_max_tokens", lambda n, v: integer(n, v, 1, 10**7)),
+    "RATE_LIMIT_CACHE_HIT_WEIGHT": ("rate_limit_cache_hit_weight", lambda n, v: number(n, v, 0, 100)),
+    "RATE_LIMIT_REDIS_TIMEOUT_SECONDS": ("rate_limit_redis_timeout", lambda n, v: number(n, v, 0, 60, lo_open=True)),
+    "GATEWAY_REDIS_CLUSTER": ("redis_cluster", boolean),
+    "GATEWAY_WS_MAX_IN_FLIGHT": ("ws_max_in_flight", lambda n, v: integer(n, v, 1, 10_000)),
     "GATEWAY_METRICS": ("metrics", boolean),
     "GATEWAY_ACCESS_LOG": ("access_log", string),
     "GATEWAY_TRACES": ("traces", boolean),
@@ -78,7 +86,7 @@ def _load_toml(path: str) -> dict:
 
 def _parse_key(name: str, entry: Any) -> ApiKey:
     entry = table(name, entry)
-    unknown = set(entry) - {"key", "name", "requests_per_minute", "burst", "models", "admin"}
+    unknown = set(entry) - {"key", "name", "requests_per_minute", "burst", "tokens_per_minute", "token_burst", "models", "admin"}
     if unknown:
         raise ConfigError(f"{name}: unknown setting {sorted(unknown)[0]!r}")
     key = string(f"{name}.key", entry.get("key"))
@@ -89,11 +97,15 @@ def _parse_key(name: str, entry: Any) -> ApiKey:
         models = frozenset(models)
     rpm = entry.get("requests_per_minute")
     burst = entry.get("burst")
+    tpm = entry.get("tokens_per_minute")
+    tburst = entry.get("token_burst")
     return ApiKey(
         key=key,
         name=string(f"{name}.name", entry.get("name", key[:8] + "…")),
         requests_per_minute=None if rpm is None else integer(f"{name}.requests_per_minute", rpm),
         burst=None if burst is None else integer(f"{name}.burst", burst),
+        tokens_per_minute=None if tpm is None else integer(f"{name}.tokens_per_minute", tpm, 0, 10**12),
+        token_burst=None if tburst is None else integer(f"{name}.token_burst", tburst, 1, 10**12),
         models=models,
         admin=boolean(f"{name}.admin", entry.get("admin", False)),
     )

@@ -121,6 +121,15 @@ class Settings:
     # Keys
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
     config_file: str | None = None
+    # Limits (gateway/ratelimit.py) and the WebSocket surface (gateway/ws.py)
+    rate_limit_enabled: bool = True
+    rate_limit_tokens_per_minute: int = 0  # 0: no token limit unless a key sets one
+    rate_limit_token_burst: int = 0  # 0: the per-minute figure
+    rate_limit_default_max_tokens: int = 1024  # reserved for an answer when the request sets no max_tokens
+    rate_limit_cache_hit_weight: float = 1.0  # a cache hit counts as this many requests
+    rate_limit_redis_timeout: float = 0.5  # a lease slower than this fails open (local bucket) for a while
+    redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster (the limiter uses it as one)
+    ws_max_in_flight: int = 16  # requests in flight on one WebSocket connection
     # Observability (gateway/metrics.py, gateway/accesslog.py; prices in gateway/pricing.py)
     metrics: bool = True  # GATEWAY_METRICS: off drops the metrics listener and /metrics (to measure its cost)
     traces: bool = False  # GATEWAY_TRACES: OpenTelemetry spans over OTLP (the optional extra "traces")

@@ -32,7 +32,7 @@ log = logging.getLogger("gateway")
 ROUTES = (
     "/health", "/ready", "/v1/models", "/v1/models/{model}", "/v1/usage", "/v1/providers",
     "/admin/reload", "/admin/cache", "/admin/cache/flush", "/metrics", "/admin/keys", "/admin/keys/{key_id}",
-    "/admin/usage",
+    "/admin/usage", "/admin/limits",
 )
 
 
@@ -108,6 +108,12 @@ def build(gateway) -> Starlette:
         if gateway.cache is None:
             return json_response({"enabled": False, "worker": os.getpid()})
         return json_response({"enabled": True, "worker": os.getpid(), **gateway.cache.stats()})
+
+    async def admin_limits(request: Request) -> Response:
+        require_admin(key_of(request))
+        if gateway.limiter is None:
+            return json_response({"enabled": False, "worker": os.getpid()})
+        return json_response({"enabled": True, "worker": os.getpid(), **gateway.limiter.report()})
 
     async def admin_cache_flush(request: Request) -> Response:
         """Drop a namespace (``{"namespace": "x"}``) or everything (``{}``), here, in Redis and in every worker."""
@@ -242,6 +248,7 @@ def build(gateway) -> Starlette:
             Route("/v1/providers", providers_report),
             Route("/admin/reload", admin_reload, methods=["POST"]),
             Route("/admin/cache", admin_cache_stats),
+            Route("/admin/limits", admin_limits),
             Route("/admin/cache/flush", admin_cache_flush, methods=["POST"]),
             Route("/metrics", metrics_report),
             Route("/admin/keys", admin_keys, methods=["GET", "POST"]),

@@ -19,6 +19,7 @@ from typing import AsyncIterator
 from starlette.types import Receive, Scope, Send
 
 from gateway import accesslog
+from gateway import ratelimit
 from gateway import reload as reloading
 from gateway.accounting import Accounting
 from gateway.cache import Cache
@@ -32,6 +33,7 @@ from gateway.pipeline.pipeline import Pipeline
 from gateway.routing.router import Router
 from gateway.routing.resolve import Snapshot
 from gateway.usage import Usage
+from gateway.ws import WebSockets
 
 log = logging.getLogger("gateway")
 
@@ -63,6 +65,13 @@ class Gateway:
             self.access_log = accesslog.AccessLog(settings.access_log, settings.prices)
             self.finish.add(self.access_log.on_finish)
         self.admission = Admission(self.router, self.cache)
+        self.limiter = None
+        if settings.rate_limit_enabled:
+            t = settings.rate_limit_redis_timeout
+            redis = ratelimit.connect(settings.redis_url, settings.redis_cluster, t) if settings.redis_url else None
+            self.limiter = ratelimit.Limiter(lambda: self.router.state.settings, redis, timeout=t)
+            self.admission.limiters.append(self.limiter)
+            self.finish.add(self.limiter.on_finish)  # settles token usage, weighs cache hits
         self.pipeline = Pipeline(self.router, self.cache)
         # Keys, budgets and the usage ledger (gateway/accounting.py); DATABASE_URL=off: env/TOML keys, in-memory usage.
         self.accounting = Accounting(settings) if settings.database_url else None
@@ -74,6 +83,7 @@ class Gateway:
         self.web = admin.build(self)
         # Fixed for the process's life, like the connection limits it is derived from.
         self.body_reads = chat.BodyReads(settings.max_body_reads or settings.worker_connections // 2)
+        self.ws = WebSockets(self)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -89,6 +99,8 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, app) -> AsyncIterator[None]:
         sighup = reloading.install(self._on_sighup)  # gateway/reload.py: how reloads reach every worker
+        if self.limiter is not None:
+            await self.limiter.start()
         if self.cache is not None:
             await self.cache.start()  # loads live entries from Redis; never fails on a Redis outage
         if self.sampler is not None:
@@ -100,6 +112,8 @@ class Gateway:
             reloading.uninstall()
         # Granian lets in-flight requests finish before this runs; then the pools close.
         await self.router.close()
+        if self.limiter is not None:
+            await self.limiter.close()  # unspent leases go back to the shared bucket
         if self.cache is not None:
             await self.cache.close()
         if self.access_log is not None:
@@ -135,6 +149,9 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self.ws(scope, receive, send)  # /ws (gateway/ws.py); other paths are refused there
+                return
             await self.web(scope, receive, send)  # lifespan
             return
         if scope["path"] in chat.PATHS:

@@ -11,6 +11,7 @@ from time import perf_counter
 
 from gateway.errors import GatewayError
 from gateway.pipeline.outcome import Outcome
+from gateway.ratelimit import format_reset
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -28,6 +29,10 @@ def build(outcome: Outcome, *extra: tuple[bytes, bytes], err: GatewayError | Non
         (b"x-request-id", outcome.request_id.encode("latin-1")),
         (b"x-gateway-overhead-ms", b"%.3f" % outcome.overhead_ms(perf_counter())),
     ]
+    if outcome.limit_requests is not None:
+        _limits(out, outcome.limit_requests, b"requests")
+        if outcome.limit_tokens is not None:
+            _limits(out, outcome.limit_tokens, b"tokens")
     if err is not None:
         if err.headers:
             out.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items())
@@ -49,3 +54,10 @@ def build(outcome: Outcome, *extra: tuple[bytes, bytes], err: GatewayError | Non
         if outcome.failover:
             out.append((b"x-gateway-failover", outcome.failover.encode("latin-1", "replace")))
     return out
+
+
+def _limits(out: Headers, state, kind: bytes) -> None:
+    """OpenAI's trio: the per-minute limit, what is left now, and when the bucket is full again."""
+    out.append((b"x-ratelimit-limit-" + kind, b"%d" % state.limit))
+    out.append((b"x-ratelimit-remaining-" + kind, b"%d" % state.remaining))
+    out.append((b"x-ratelimit-reset-" + kind, format_reset(state.reset).encode()))

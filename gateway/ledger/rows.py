@@ -34,8 +34,8 @@ class Recorder:
         return self._day  # type: ignore[return-value]
 
     def on_finish(self, req, outcome) -> None:
-        if not outcome.route.endswith("/chat/completions"):
-            return  # health checks, reports and admin calls are not usage
+        if outcome.surface != "ws" and not outcome.route.endswith("/chat/completions"):
+            return  # health checks, reports and admin calls are not usage (chat over /ws is)
         now = time()
         d = outcome.deployment
         upstream_model = d.model if d is not None and not outcome.from_cache else outcome.model

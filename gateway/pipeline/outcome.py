@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from time import perf_counter
+from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.providers.base import Deployment
@@ -58,6 +59,11 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Limits (gateway/ratelimit.py): the state after admission, for the x-ratelimit-* headers.
+    limit_requests: Any = None  # ratelimit.State, or None when no request limit ran
+    limit_tokens: Any = None  # ratelimit.State when a token limit applies
+    reserved_tokens: int = 0  # reserved at admission
+    charged_tokens: int = 0  # charged since, beyond the reservation (negative: given back)
     # Time.
     upstream_seconds: float = 0.0  # spent waiting on providers (a hedge race's span counted once)
     waiting_since: float = 0.0  # perf_counter() when the wait now under way began; 0.0: none

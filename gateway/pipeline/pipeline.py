@@ -57,6 +57,8 @@ class Pipeline:
         """The first batch (already received, so failover happened before any byte), the rest, and the
         upstream stream (to close, even if the rest is never iterated)."""
         first, rest, upstream_stream = await self.router.stream(req, req.group)
+        if req.meter is not None:
+            req.meter(first)
         collector = _Collector() if self.cache is not None else None
         if collector is not None:
             collector.add(first)
@@ -64,8 +66,11 @@ class Pipeline:
 
     async def _rest(self, req: ChatRequest, rest: Batches, s: UpstreamStream, collector: "_Collector | None") -> Batches:
         state = s.state
+        meter = req.meter  # token limits count a stream while it runs, not only when it ends
         try:
             async for batch in rest:
+                if meter is not None:
+                    meter(batch)
                 if collector is not None:
                     collector.add(batch)
                 yield batch
