@@ -20,7 +20,9 @@ from gateway.transport import Transport, UpstreamResponse
 
 def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None) -> GatewayError:
     err = adapter.map_error(status, data)
-    err.upstream_status = status
+    # A rejected key counts as the 401 it means, whatever status carried it (Gemini: 400 API_KEY_INVALID),
+    # so the router fails over and the outcome blames the provider, not the client.
+    err.upstream_status = err.status if err.code == "upstream_auth_error" else status
     err.retry_after = retry_after
     return err
 

@@ -89,8 +89,13 @@ def chat(req: Request, s: Settings) -> Reply:
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
 
     after_tool = messages[-1].get("role") == "tool" if isinstance(messages[-1], dict) else False
-    if after_tool:
-        last_user = "tool result " + _text(messages[-1].get("content"))
+    if after_tool:  # the results of the last calls (parallel calls: several tool messages)
+        results = []
+        for m in reversed(messages):
+            if not isinstance(m, dict) or m.get("role") != "tool":
+                break
+            results.insert(0, _text(m.get("content")))
+        last_user = "tool result " + " ".join(results)
     calls = plan_calls(_tools(body), _choice(body.get("tool_choice")), last_user, after_tool)
     a = answer("openai", last_user, s.response_tokens, max_tokens, stops)
     fmt = body.get("response_format")
