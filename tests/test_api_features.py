@@ -89,19 +89,23 @@ def _calls_from_stream(stream) -> tuple[dict[int, dict], str | None, str]:
     return calls, finish, text
 
 
+def _answer(client, stream: bool, **kw) -> tuple[list[dict], str | None, str | None]:
+    """(tool calls in order, finish reason, text) of one request, streamed or not."""
+    if stream:
+        calls, finish, text = _calls_from_stream(client.chat.completions.create(**kw, stream=True))
+        assert sorted(calls) == list(range(len(calls)))  # indexes 0, 1, ... with no gap
+        return [calls[i] for i in sorted(calls)], finish, text
+    c = client.chat.completions.create(**kw).choices[0]
+    got = [{"id": t.id, "name": t.function.name, "arguments": t.function.arguments} for t in c.message.tool_calls or ()]
+    return got, c.finish_reason, c.message.content
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("stream", [False, True], ids=["rest", "sse"])
 def test_tool_round_trip(client, provider, stream):
     messages = [{"role": "user", "content": "Weather and time in Paris? [[tools: get_weather, get_time]]"}]
     kw = {"model": provider, "messages": messages, "tools": [WEATHER, TIME]}
-    if stream:
-        calls, finish, _ = _calls_from_stream(client.chat.completions.create(**kw, stream=True))
-        got = [calls[i] for i in sorted(calls)]
-        assert sorted(calls) == [0, 1]
-    else:
-        r = client.chat.completions.create(**kw)
-        finish = r.choices[0].finish_reason
-        got = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in r.choices[0].message.tool_calls]
+    got, finish, _ = _answer(client, stream, **kw)
     assert finish == "tool_calls"
     assert [c["name"] for c in got] == ["get_weather", "get_time"]  # two calls in one message, in order
     assert json.loads(got[0]["arguments"]) == {"city": "sim"} and json.loads(got[1]["arguments"]) == {"zone": "sim"}
@@ -111,13 +115,8 @@ def test_tool_round_trip(client, provider, stream):
         {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in got]})
     messages += [{"role": "tool", "tool_call_id": got[0]["id"], "content": '{"temp": 21}'},
                  {"role": "tool", "tool_call_id": got[1]["id"], "content": "CET"}]
-    if stream:
-        calls, finish, text = _calls_from_stream(client.chat.completions.create(**kw, stream=True))
-        assert not calls
-    else:
-        r = client.chat.completions.create(**kw)
-        finish, text = r.choices[0].finish_reason, r.choices[0].message.content
-        assert r.choices[0].message.tool_calls is None
+    calls, finish, text = _answer(client, stream, **kw)
+    assert not calls
     assert finish in ("stop", "length") and "tool result" in text and "21" in text
 
 
@@ -145,13 +144,8 @@ SCHEMA = {
 def test_json_schema_comes_back_as_content(client, provider, stream):
     kw = {"model": provider, "messages": [{"role": "user", "content": "A person, please."}],
           "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}}
-    if stream:
-        calls, finish, text = _calls_from_stream(client.chat.completions.create(**kw, stream=True))
-        assert not calls
-    else:
-        r = client.chat.completions.create(**kw)
-        finish, text = r.choices[0].finish_reason, r.choices[0].message.content
-        assert r.choices[0].message.tool_calls is None
+    calls, finish, text = _answer(client, stream, **kw)
+    assert not calls
     assert finish == "stop"
     doc = json.loads(text)
     assert set(doc) == {"name", "age", "tags"} and isinstance(doc["name"], str) and doc["age"] == 1
@@ -172,11 +166,7 @@ def test_images(client, provider, stream):
                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}]
     kw = {"model": provider, "messages": [{"role": "user", "content": content}]}
-    if stream:
-        _, finish, text = _calls_from_stream(client.chat.completions.create(**kw, stream=True))
-    else:
-        r = client.chat.completions.create(**kw)
-        finish, text = r.choices[0].finish_reason, r.choices[0].message.content
+    _, finish, text = _answer(client, stream, **kw)
     assert text.startswith(f"Simulated {provider} reply to: What is in these?") and finish == "stop"
 
 
