@@ -227,3 +227,9 @@ def test_claude_refuses_temperature_with_top_p_and_the_gateway_never_sends_the_p
     with pytest.raises(urllib.error.HTTPError) as he:
         urllib.request.urlopen(req, timeout=5)
     assert he.value.code == 400 and b"cannot both be specified" in he.value.read()
+
+
+def test_the_responses_api_is_a_clear_404(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(model="openai", input="hi")
+    assert e.value.body["code"] == "endpoint_not_supported" and "/v1/chat/completions" in e.value.body["message"]
