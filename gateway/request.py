@@ -36,6 +36,7 @@ class ChatRequest:
     default_timeout: float = 30.0  # REQUEST_TIMEOUT_SECONDS of the snapshot admitted under (set by admission)
     cache_controls: Any = None  # the cache headers, validated at admission (None: no cache)
     cache_state: Any = None  # what the cache's lookup learnt, for its store
+    kind: str = "chat"  # "chat" | "embeddings" (gateway.embeddings): which adapter functions serve it
 
     def __post_init__(self) -> None:
         if self.outcome is None:

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 from gateway.errors import GatewayError
 from gateway.providers import get_adapter
+from gateway.embeddings import KIND as EMBEDDINGS
 from gateway.providers.base import Deployment, StreamState
 from gateway.request import ChatRequest
 from gateway.sse import SSEDecoder
@@ -31,7 +32,8 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
                    timed: bool = True) -> dict:
     """One call; ``timed=False`` when the caller times it (a hedge race counts its span once, not each attempt)."""
     adapter = get_adapter(deployment.provider)
-    upstream = adapter.build_request(req.body, deployment, False)
+    embed = req.kind == EMBEDDINGS
+    upstream = adapter.build_embeddings(req.body, deployment) if embed else adapter.build_request(req.body, deployment, False)
     if timed:
         t0 = req.outcome.wait_begin()
     try:
@@ -41,6 +43,8 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
             req.outcome.wait_end(t0)
     if status >= 400:
         raise _upstream_error(adapter, status, data, retry_after)
+    if embed:
+        return adapter.parse_embeddings(data, req.body, deployment)
     return adapter.parse_response(data, deployment)
 
 

@@ -40,3 +40,11 @@ def sim():
     """One simulator process (all three providers) shared by a module's tests; reset it between them."""
     with SimulatorProcess() as s:
         yield s
+
+
+@pytest.fixture
+def fresh_sim(sim):
+    """The module's simulator at its start-up config, before and after the test."""
+    sim.reset()
+    yield sim
+    sim.reset()

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from gateway.simulator import SimulatorProcess
-from tests.harness import API_KEY, gateway_with_config, simulator_env
+from tests.harness import gateway_with_config, openai_client, simulator_env
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "google": "gemini-2.5-flash"}
 PROVIDERS = tuple(MODELS)
@@ -49,6 +49,8 @@ def _config(sim: SimulatorProcess) -> str:
                   f'{_dep("good-gpt", "openai", sim)}]')
     return "\n\n".join(groups) + "\n"
 
+pytestmark = pytest.mark.usefixtures("fresh_sim")
+
 
 @pytest.fixture(scope="module")
 def gateway(sim):
@@ -57,16 +59,9 @@ def gateway(sim):
         yield gw
 
 
-@pytest.fixture(autouse=True)
-def _reset(sim):
-    sim.reset()
-    yield
-    sim.reset()
-
-
 @pytest.fixture(scope="module")
 def client(gateway):
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=API_KEY, max_retries=0)
+    return openai_client(gateway)
 
 
 def _calls_from_stream(stream) -> tuple[dict[int, dict], str | None, str]:

@@ -22,7 +22,15 @@ from gateway.pipeline.outcome import Outcome
 from gateway.sse import DONE, PING
 
 ROUTE = "/v1/chat/completions"
-PATHS = frozenset({ROUTE, "/chat/completions"})
+EMBEDDINGS_ROUTE = "/v1/embeddings"
+# Path -> (route template, request kind): embeddings take the same path through the gateway as chat.
+ROUTES = {
+    ROUTE: (ROUTE, "chat"),
+    "/chat/completions": (ROUTE, "chat"),
+    EMBEDDINGS_ROUTE: (EMBEDDINGS_ROUTE, "embeddings"),
+    "/embeddings": (EMBEDDINGS_ROUTE, "embeddings"),
+}
+PATHS = frozenset(ROUTES)
 
 
 def scope_headers(scope: Scope) -> dict[str, str]:
@@ -136,7 +144,8 @@ def body_reader(receive: Receive, content_length: str | None):
 
 async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
     hdrs = scope_headers(scope)
-    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=ROUTE, method=scope["method"])
+    route, kind = ROUTES[scope["path"]]
+    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=route, method=scope["method"])
     surface = HTTPSurface(send, outcome)
     relay: Relay = gateway.relay
     if scope["method"] != "POST":
@@ -145,5 +154,5 @@ async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
         await surface.error(err)
         relay.finish.run(None, outcome)
         return
-    inbound = Inbound(hdrs, body_reader(receive, hdrs.get("content-length")), "rest")
+    inbound = Inbound(hdrs, body_reader(receive, hdrs.get("content-length")), "rest", kind=kind)
     await relay.serve(gateway.router.state, inbound, outcome, surface, Watch(), receive)

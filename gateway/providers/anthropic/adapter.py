@@ -217,6 +217,15 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
         raise bad_upstream(LABEL, f"unexpected stream event shape ({exc!r})") from None
 
 
+def build_embeddings(body: dict, deployment: Deployment) -> UpstreamRequest:
+    raise invalid(f"{LABEL} has no embeddings API; route '{body.get('model')}' to an OpenAI or Gemini embedding model.",
+                  param="model", code="unsupported_parameter")
+
+
+def parse_embeddings(data: bytes, body: dict, deployment: Deployment) -> dict:
+    raise bad_upstream(LABEL, "embeddings are not an Anthropic API")
+
+
 def map_error(status: int, data: bytes) -> GatewayError:
     _, message = error_details(data)
     return map_status(LABEL, status, message)

@@ -25,7 +25,7 @@ import os
 
 import orjson
 
-from gateway import shapes
+from gateway import embeddings, shapes
 from gateway.errors import GatewayError
 from gateway.providers.google.contents import convert
 from gateway.providers.base import Deployment, StreamState, UpstreamRequest
@@ -217,6 +217,45 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
         return out
     except (AttributeError, TypeError, KeyError) as exc:
         raise bad_upstream(LABEL, f"unexpected stream event shape ({exc!r})") from None
+
+
+@lru_cache(maxsize=256)
+def _embed_endpoint(base_url: str, model: str, api_key: str, batch: bool) -> tuple[str, dict[str, str]]:
+    action = "batchEmbedContents" if batch else "embedContent"
+    return f"{base_url}/v1beta/models/{model}:{action}", {"x-goog-api-key": api_key, "content-type": "application/json"}
+
+
+def build_embeddings(body: dict, deployment: Deployment) -> UpstreamRequest:
+    """One input: ``embedContent``; several: ``batchEmbedContents`` (one request each, answered in order)."""
+    texts = embeddings.texts(body, LABEL)
+    dims = body.get("dimensions")
+    one: list[dict] = []
+    for t in texts:
+        r: dict = {"content": {"parts": [{"text": t}]}}
+        if dims is not None:
+            r["outputDimensionality"] = dims
+        one.append(r)
+    batch = len(one) > 1
+    if batch:
+        name = f"models/{deployment.model}"
+        out: dict = {"requests": [{"model": name, **r} for r in one]}
+    else:
+        out = one[0]
+    url, headers = _embed_endpoint(deployment.base_url, deployment.model, deployment.api_key, batch)
+    return UpstreamRequest("POST", url, dict(headers), orjson.dumps(out))
+
+
+def parse_embeddings(data: bytes, body: dict, deployment: Deployment) -> dict:
+    """Gemini reports no token counts for embeddings, so usage is 0 (the gateway does not guess)."""
+    obj = load_object(data, LABEL)
+    if obj.get("error"):
+        raise _embedded_error(obj, data)
+    try:
+        found = obj["embeddings"] if "embeddings" in obj else [obj["embedding"]]
+        vectors = [e["values"] for e in found]
+    except (KeyError, TypeError) as exc:
+        raise bad_upstream(LABEL, f"unexpected embeddings shape ({exc!r})") from None
+    return embeddings.response(deployment.model, vectors, body.get("encoding_format"), 0)
 
 
 def map_error(status: int, data: bytes) -> GatewayError:

@@ -8,7 +8,7 @@ import orjson
 
 from gateway.simulator.features import json_answer, plan_calls
 from gateway.simulator.settings import Settings
-from gateway.simulator.wire import SSE, Handler, Invalid, Reply, Request, answer, endpoint, json_object
+from gateway.simulator.wire import SSE, Handler, Invalid, Reply, Request, answer, embed, endpoint, json_object
 from gateway.simulator.wire import error_words, new_id, opt_int, opt_number, pieces, read_turns, stops_list, words
 
 AUTH_HEADER = b"x-goog-api-key"
@@ -206,6 +206,37 @@ def generate(req: Request, s: Settings, model: str, stream: bool) -> Reply:
     return Reply(200, frames=[b"data: " + d + b"\r\n\r\n" for d in docs], content_type=SSE)
 
 
+# The real models' output sizes (outputDimensionality may ask for fewer).
+_DIMENSIONS = {"gemini-embedding-001": 3072, "text-embedding-004": 768}
+
+
+def _embed_one(r: object, where: str) -> dict:
+    if not isinstance(r, dict):
+        raise Invalid(f"* {where}: must be an object")
+    text = _text(r.get("content"), f"{where}.content")
+    if not text:
+        raise Invalid(f"* {where}.content.parts: contents.parts must not be empty.")
+    return {"values": embed(text, r["_dims"]).tolist()}
+
+
+@_endpoint
+def embed_content(req: Request, s: Settings, model: str, batch: bool) -> Reply:
+    body = json_object(req.body)
+    full = _DIMENSIONS.get(model, 3072)
+    items = body.get("requests") if batch else [body]
+    if not isinstance(items, list) or not items:
+        raise Invalid("* BatchEmbedContentsRequest.requests: requests is not specified")
+    for i, r in enumerate(items):
+        if not isinstance(r, dict):
+            raise Invalid(f"* requests[{i}]: must be an object")
+        if batch and r.get("model") != f"models/{model}":
+            raise Invalid(f"* BatchEmbedContentsRequest.requests[{i}].model: model must match models/{model}")
+        dims = opt_int(r, "outputDimensionality", 1, full)
+        r["_dims"] = dims or full
+    done = [_embed_one(r, f"requests[{i}]") for i, r in enumerate(items)]
+    return Reply(200, orjson.dumps({"embeddings": done} if batch else {"embedding": done[0]}))
+
+
 @_endpoint
 def models(req: Request, s: Settings) -> Reply:
     names = ("gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro")
@@ -234,4 +265,7 @@ def match(req: Request) -> Handler | None:
         if model and method in ("generateContent", "streamGenerateContent"):
             stream = method == "streamGenerateContent"
             return lambda r, s: generate(r, s, model, stream)
+        if model and method in ("embedContent", "batchEmbedContents"):
+            batch = method == "batchEmbedContents"
+            return lambda r, s: embed_content(r, s, model, batch)
     return None

@@ -6,7 +6,7 @@ from gateway.providers.openai import adapter
 PROVIDER = Provider(
     name="openai",
     adapter=adapter,
-    prefix=r"gpt-|chatgpt-|o\d",  # o\d: the o-series (o1, o3, o4-mini...)
+    prefix=r"gpt-|chatgpt-|o\d|text-embedding-",  # o\d: the o-series (o1, o3, o4-mini...)
     catalogue=("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini"),
     small=r"(?<![a-z])(?:mini|nano)",  # "-mini", never the "mini" inside "gemini"
     equivalent={"small": "gpt-4o-mini", "large": "gpt-4o"},
