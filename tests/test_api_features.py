@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from gateway.simulator import SimulatorProcess
-from tests.harness import gateway_with_config, openai_client, simulator_env
+from tests.harness import API_KEY, gateway_with_config, openai_client, simulator_env
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "google": "gemini-2.5-flash"}
 PROVIDERS = tuple(MODELS)
@@ -228,3 +228,62 @@ def test_the_responses_api_is_a_clear_404(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.responses.create(model="openai", input="hi")
     assert e.value.body["code"] == "endpoint_not_supported" and "/v1/chat/completions" in e.value.body["message"]
+
+
+# --- /v1/messages: the Anthropic SDK through the gateway, any model behind it ------------------------
+
+
+@pytest.fixture(scope="module")
+def claude(gateway):
+    import anthropic
+
+    return anthropic.Anthropic(base_url=gateway.url, api_key=API_KEY, max_retries=0)  # x-api-key
+
+
+CLAUDE_TOOLS = [{"name": "get_weather", "description": "Weather in a city.",
+                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+@pytest.mark.parametrize("provider", ["openai", "google"])
+def test_anthropic_sdk_through_messages(claude, provider):
+    msg = claude.messages.create(model=provider, max_tokens=20, system="Be brief.",
+                                 messages=[{"role": "user", "content": "Hello there"}])
+    assert msg.type == "message" and msg.stop_reason == "max_tokens"
+    assert msg.content[0].text.startswith(f"Simulated {provider} reply to: Hello there") and msg.usage.output_tokens == 20
+    with claude.messages.stream(model=provider, max_tokens=20, messages=[{"role": "user", "content": "Hello there"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == msg.content[0].text and final.stop_reason == "max_tokens" and final.usage.output_tokens == 20
+
+
+@pytest.mark.parametrize("provider", ["openai", "google"])
+@pytest.mark.parametrize("stream", [False, True], ids=["rest", "sse"])
+def test_anthropic_sdk_tool_round_trip_through_messages(claude, provider, stream):
+    ask = {"model": provider, "max_tokens": 50, "tools": CLAUDE_TOOLS, "messages": [{"role": "user", "content": "Weather?"}]}
+    if stream:
+        with claude.messages.stream(**ask) as s:
+            msg = s.get_final_message()
+    else:
+        msg = claude.messages.create(**ask)
+    assert msg.stop_reason == "tool_use"
+    use = [b for b in msg.content if b.type == "tool_use"]
+    assert [(u.name, u.input) for u in use] == [("get_weather", {"city": "sim"})]
+    ask["messages"] += [{"role": "assistant", "content": msg.content},
+                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use[0].id, "content": "sunny"}]}]
+    done = claude.messages.create(**ask)
+    assert done.stop_reason in ("end_turn", "max_tokens") and "tool result" in done.content[0].text
+
+
+def test_messages_errors_have_anthropics_shape(gateway, claude):
+    import anthropic
+
+    with pytest.raises(anthropic.NotFoundError) as e:
+        claude.messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "not_found_error"
+    bearer = anthropic.Anthropic(base_url=gateway.url, auth_token="wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        bearer.messages.create(model="openai", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["error"]["type"] == "authentication_error"
+    with pytest.raises(anthropic.BadRequestError) as e:
+        claude.messages.create(model="openai", max_tokens=5, extra_body={"top_k": 3}, messages=[{"role": "user", "content": "x"}])
+    assert "top_k" in e.value.body["error"]["message"]

@@ -64,6 +64,7 @@ class HTTPSurface:
     """REST and SSE framing of the relay's output as ASGI messages."""
 
     __slots__ = ("send", "outcome", "started")
+    keepalive = PING  # what a wait sends (an SSE comment)
 
     def __init__(self, send: Send, outcome: Outcome) -> None:
         self.send = send
@@ -84,7 +85,7 @@ class HTTPSurface:
     async def ping(self) -> None:
         if not self.started:
             await self.open()
-        await self.send({"type": "http.response.body", "body": PING, "more_body": True})
+        await self.send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
 
     async def batch(self, chunks: list[dict]) -> None:
         dumps = orjson.dumps
@@ -143,10 +144,17 @@ def body_reader(receive: Receive, content_length: str | None):
 
 
 async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    hdrs = scope_headers(scope)
     route, kind = ROUTES[scope["path"]]
+    await serve(gateway, scope, receive, send, HTTPSurface, route, kind)
+
+
+async def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surface, route: str, kind: str = "chat",
+                hdrs: dict[str, str] | None = None, translate=None) -> None:
+    """One HTTP request through the relay, framed by ``make_surface(send, outcome)``; ``translate`` wraps the
+    body reader when the surface speaks another API (``/v1/messages``)."""
+    hdrs = scope_headers(scope) if hdrs is None else hdrs
     outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=route, method=scope["method"])
-    surface = HTTPSurface(send, outcome)
+    surface = make_surface(send, outcome)
     relay: Relay = gateway.relay
     if scope["method"] != "POST":
         err = GatewayError(405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed")
@@ -154,5 +162,6 @@ async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
         await surface.error(err)
         relay.finish.run(None, outcome)
         return
-    inbound = Inbound(hdrs, body_reader(receive, hdrs.get("content-length")), "rest", kind=kind)
+    read = body_reader(receive, hdrs.get("content-length"))
+    inbound = Inbound(hdrs, translate(read) if translate is not None else read, "rest", kind=kind)
     await relay.serve(gateway.router.state, inbound, outcome, surface, Watch(), receive)
