@@ -298,3 +298,62 @@ def test_google_sdk_parses_the_simulators_function_calls(sim):
         response_mime_type="application/json", response_schema=decl.parameters))
     assert js.parsed is None or isinstance(orjson.loads(js.text), dict)
     assert set(orjson.loads(js.text)) == {"city"}
+
+
+# --- /v1/messages: the Anthropic surface's translation ------------------------------------------------
+
+
+def test_messages_request_becomes_a_chat_request():
+    from gateway import messages_api
+
+    req = {"model": "any", "max_tokens": 30, "system": [{"type": "text", "text": "Be brief."}], "stop_sequences": ["END"],
+           "metadata": {"user_id": "u1"}, "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+           "tool_choice": {"type": "any", "disable_parallel_tool_use": True}, "stream": True,
+           "messages": [
+               {"role": "user", "content": [{"type": "text", "text": "Look"},
+                                            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]},
+               {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "s"},
+                                                 {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "P"}}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"},
+                                            {"type": "text", "text": "And now?"}]}]}
+    check(req, MessageCreateParamsStreaming)  # a request the Anthropic SDK could send
+    out = messages_api.to_chat(req)
+    assert out["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Look"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "t1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"P"}'}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "sunny"},  # results first, as Chat Completions orders them
+        {"role": "user", "content": [{"type": "text", "text": "And now?"}]},
+    ]
+    assert (out["tool_choice"], out["parallel_tool_calls"], out["stop"], out["user"]) == ("required", False, ["END"], "u1")
+    assert out["stream_options"] == {"include_usage": True}
+    from gateway.request import validate_chat
+    validate_chat(out)  # what admission will check
+
+
+def test_messages_answer_and_events_parse_with_the_anthropic_sdk():
+    from gateway import messages_api
+
+    completion = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+                  "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": {
+                      "role": "assistant", "content": "Sure.", "tool_calls": [
+                          {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}}]}
+    msg = Message.model_validate(messages_api.to_message(completion, "req1"))
+    assert msg.stop_reason == "tool_use" and msg.content[1].input == {"a": 1} and msg.usage.output_tokens == 4
+    ev = messages_api.Events()
+    chunk = lambda delta, finish=None: {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # noqa: E731
+    raw = messages_api.Events.start("msg_1", "m") + ev.feed([
+        chunk({"role": "assistant", "content": ""}), chunk({"content": "Hi"}),
+        chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": " 1}"}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}),
+        chunk({}, "tool_calls")]) + ev.feed([{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}}]) + ev.end()
+    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in raw.split(b"\n\n") if e]
+    parsed = [TypeAdapter(RawMessageStreamEvent).validate_python(e) for e in events]
+    assert [e.type for e in parsed] == ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                                        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
+                                        "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    assert [e.index for e in parsed if e.type == "content_block_start"] == [0, 1, 2]
+    assert parsed[-2].delta.stop_reason == "tool_use" and parsed[-2].usage.output_tokens == 9
