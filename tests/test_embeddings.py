@@ -30,6 +30,9 @@ def gateway(sim):
         "[cache]\nsemantic = false",
         *(f"[models.emb-{p}]\ndeployments = [{_dep(p, p, sim)}]" for p in EMBED),
         f'[models.emb-fo]\nstrategy = "priority"\ndeployments = [{_dep("fo-gemini", "google", sim, "wrong")}, {_dep("fo-openai", "openai", sim)}]',
+        # A chat group, here because this module's gateway has the cache on.
+        f'[models.rr]\nstrategy = "priority"\nreroute_unsupported = true\n'
+        f'deployments = [{_dep("rr-claude", "anthropic", sim)}, {_dep("rr-gpt", "openai", sim)}]',
     ]) + "\n"
     with gateway_with_config(toml, {"GATEWAY_CACHE": "true"}) as gw:
         yield gw
@@ -82,3 +85,12 @@ def test_refusals_name_the_parameter(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model="emb-openai", input=[])
     assert e.value.body["param"] == "input"
+
+
+def test_a_rerouted_chat_answer_is_not_cached_under_the_request(client):
+    """Another model's answer to what the group's first model could not serve is not this request's answer."""
+    ask = {"model": "rr", "messages": [{"role": "user", "content": "cache or not"}]}
+    seen = [client.chat.completions.with_raw_response.create(**ask, logprobs=True).headers for _ in range(2)]
+    assert [h["x-cache"] for h in seen] == ["miss", "miss"] and seen[1]["x-gateway-deployment"] == "rr-gpt"
+    plain = [client.chat.completions.with_raw_response.create(**ask).headers["x-cache"] for _ in range(2)]
+    assert plain == ["miss", "hit"]  # the cache is on: only the rerouted answer was kept out
