@@ -40,3 +40,25 @@ def chunk(id: str, created: int, model: str, delta: dict, finish_reason: str | N
 def usage_chunk(id: str, created: int, model: str, usage: dict | None) -> dict:
     """The last chunk of a stream with ``stream_options.include_usage``: no choices, the usage."""
     return {"id": id, "object": CHUNK, "created": created, "model": model, "choices": [], "usage": usage or dict(_NO_USAGE)}
+
+
+def tool_call(id: str, name: str, arguments: str) -> dict:
+    """One call in ``message.tool_calls``; ``arguments`` is JSON text, as OpenAI sends it."""
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def tool_message(content: str | None, calls: list[dict]) -> dict:
+    """An assistant message that calls tools (``content`` is None without text)."""
+    return {"role": "assistant", "content": content, "refusal": None, "tool_calls": calls}
+
+
+def tool_call_delta(index: int, arguments: str, id: str | None = None, name: str | None = None) -> dict:
+    """A chunk's ``delta`` for call ``index``: the first names it (id, name), the rest add argument text."""
+    call: dict = {"index": index}
+    if id is not None:
+        call["id"] = id
+        call["type"] = "function"
+        call["function"] = {"name": name, "arguments": arguments}
+    else:
+        call["function"] = {"arguments": arguments}
+    return {"tool_calls": [call]}

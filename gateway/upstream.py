@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Callable
 from gateway import tracing
 from gateway.errors import GatewayError, upstream_error
 from gateway.providers import get_adapter
+from gateway.embeddings import KIND as EMBEDDINGS
 from gateway.providers.base import Deployment, StreamState
 from gateway.providers.common import check_chunk, check_completion
 from gateway.request import ChatRequest
@@ -37,7 +38,9 @@ def _attempted(deployment: Deployment, seconds: float, err: GatewayError | None,
 
 def _upstream_error(adapter, status: int, data: bytes, retry_after: float | None) -> GatewayError:
     err = adapter.map_error(status, data)
-    err.upstream_status = status
+    # A rejected key counts as the 401 it means, whatever status carried it (Gemini: 400 API_KEY_INVALID),
+    # so the router fails over and the outcome blames the provider, not the client.
+    err.upstream_status = err.status if err.code == "upstream_auth_error" else status
     err.retry_after = retry_after
     return err
 
@@ -46,7 +49,8 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
                    timed: bool = True) -> dict:
     """One call; ``timed=False`` when the caller times it (a hedge race counts its span once, not each attempt)."""
     adapter = get_adapter(deployment.provider)
-    upstream = adapter.build_request(req.body, deployment, False)
+    embed = req.kind == EMBEDDINGS
+    upstream = adapter.build_embeddings(req.body, deployment) if embed else adapter.build_request(req.body, deployment, False)
     upstream.max_bytes = req.max_upstream_bytes
     span = tracing.start_attempt(req, deployment, upstream.headers) if tracing.tracer is not None else None
     if timed:
@@ -68,12 +72,15 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
     try:
         if status >= 400:
             raise _upstream_error(adapter, status, data, retry_after)
-        completion = check_completion(adapter.parse_response(data, deployment), adapter.LABEL)
+        if embed:
+            answer = adapter.parse_embeddings(data, req.body, deployment)
+        else:
+            answer = check_completion(adapter.parse_response(data, deployment), adapter.LABEL)
     except GatewayError as err:
         _attempted(deployment, seconds, err, span)
         raise
     _attempted(deployment, seconds, None, span)
-    return completion
+    return answer
 
 
 def _cut(label: str) -> GatewayError:

@@ -78,3 +78,11 @@ def db_url(empty_db) -> str:
     url = database_url("DATABASE_URL", empty_db)
     upgrade(url)
     return url
+
+
+@pytest.fixture
+def fresh_sim(sim):
+    """The module's simulator at its start-up config, before and after the test."""
+    sim.reset()
+    yield sim
+    sim.reset()

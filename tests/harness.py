@@ -129,3 +129,10 @@ def gateway_with_config(toml: str, env: dict[str, str] | None = None, workers: i
             yield gw
     finally:
         os.unlink(path)
+
+
+def openai_client(gw: GatewayProcess):
+    """The official openai SDK pointed at a test gateway, without the SDK's own retries."""
+    import openai
+
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=API_KEY, max_retries=0)

@@ -57,8 +57,7 @@ def test_entry_has_what_the_gateway_needs(name):
     # The tiers are told apart by the names themselves: a small model's equivalent is small.
     for other in NAMES:
         assert equivalent_model(p.equivalent["small"], other) == PROVIDERS[other].equivalent["small"]
-        if name != "google":  # "gemini-" holds "mini": every Gemini model counts as small (kept as it was)
-            assert equivalent_model(p.equivalent["large"], other) == PROVIDERS[other].equivalent["large"]
+        assert equivalent_model(p.equivalent["large"], other) == PROVIDERS[other].equivalent["large"]
     assert urlsplit(p.base_url).scheme == "https" and urlsplit(p.base_url).hostname
     assert {p.api_key_env, p.base_url_env, p.transport_env} <= {f"{name.upper()}_{s}" for s in ("API_KEY", "BASE_URL", "TRANSPORT")}
     assert importlib.import_module(p.simulated).ROUTES

@@ -99,6 +99,10 @@ def test_latency_window_p95():
 def test_equivalent_models_by_tier():
     assert equivalent_model("gpt-4o-mini", "anthropic") == "claude-3-5-haiku-latest"
     assert equivalent_model("claude-sonnet-4-5", "google") == "gemini-2.5-pro"
+    # "gemini" holds "mini": a large Gemini model must not fall back to a small one.
+    assert equivalent_model("gemini-2.5-pro", "openai") == "gpt-4o"
+    assert equivalent_model("gemini-2.5-flash", "openai") == "gpt-4o-mini"
+    assert equivalent_model("gpt-4.1-nano", "google") == "gemini-2.0-flash"
 
 
 # --- config ------------------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def test_openai_official_sdk(sim):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Simulated openai reply to: hi sdk")
     assert chunks[-1].usage.completion_tokens == 30
     emb = client.embeddings.create(model="text-embedding-3-small", input=["red apple", "green apple"])  # base64 on the wire
-    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 256
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 1536  # text-embedding-3-small's real size
     sim.configure("openai", api_key="sk-other")
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
@@ -205,7 +205,7 @@ def test_embeddings(sim, http):
     assert [d["index"] for d in doc["data"]] == [0, 1, 2] and doc["data"][0]["object"] == "embedding"
     assert doc["usage"] == {"prompt_tokens": 15, "total_tokens": 15}
     a, b, c = (np.array(d["embedding"]) for d in doc["data"])
-    assert a.shape == (256,)
+    assert a.shape == (1536,)  # text-embedding-3-small's real size
     assert abs(np.linalg.norm(a) - 1) < 1e-5
     assert a @ b > 0.7 and abs(a @ c) < 0.4  # shared words: similar
     again = np.array(embed("the cat sat on the mat")["data"][0]["embedding"])
@@ -213,6 +213,7 @@ def test_embeddings(sim, http):
     packed = embed("the cat sat on the mat", encoding_format="base64")["data"][0]["embedding"]
     assert np.allclose(np.frombuffer(base64.b64decode(packed), dtype="<f4"), a, atol=1e-6)
     assert len(embed("short", dimensions=64)["data"][0]["embedding"]) == 64
+    assert len(embed("short", model="text-embedding-3-large")["data"][0]["embedding"]) == 3072
 
 
 # ------------------------------------------------------------------ Anthropic

@@ -202,6 +202,8 @@ class Cache:
             self.store_dropped += 1
 
     def _storable(self, response: dict) -> bool:
+        if isinstance(response, dict) and response.get("object") == "list":  # embeddings: keyed by their exact input
+            return bool(response.get("data")) and isinstance(response["data"], list)
         choices = response.get("choices") if isinstance(response, dict) else None
         if not choices or not isinstance(choices, list):
             return False

@@ -144,7 +144,7 @@ def _policy_value(name: str, option: str, raw: Any) -> Any:
         return number(name, raw, 0, 1)
     if option == "breaker_error_rate":
         return number(name, raw, 0, 1, lo_open=True)
-    if option == "hedge":
+    if option in ("hedge", "reroute_unsupported"):
         return boolean(name, raw)
     if option == "hedge_delay" and isinstance(raw, str) and raw.strip().lower() == "p95":
         return None

@@ -54,6 +54,9 @@ class RoutePolicy:
     hedge: bool = False
     hedge_delay: float | None = None  # None: the group's observed P95 latency
     hedge_max_fraction: float = 0.1  # hedges never exceed this fraction of the group's requests
+    # A request one deployment cannot express (tools, images... its adapter refuses it) goes to the group's
+    # next deployment, a different model, only when this is on; the answer then says so (x-gateway-failover).
+    reroute_unsupported: bool = False
 
 
 ROUTE_OPTIONS = frozenset(f.name for f in fields(RoutePolicy))

@@ -222,6 +222,14 @@ def build(gateway) -> Starlette:
         await acc.keys.changed()
         return json_response(record)
 
+    async def responses_api(request: Request) -> Response:
+        # OpenAI's Responses API is a later issue; the SDK's client.responses.create must not get a bare "Unknown endpoint".
+        raise GatewayError(
+            404,
+            "The Responses API (/v1/responses) is not served by this gateway yet; use POST /v1/chat/completions.",
+            code="endpoint_not_supported",
+        )
+
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
         return error_response(exc)
 
@@ -246,6 +254,8 @@ def build(gateway) -> Starlette:
             Route("/v1/models/{model:path}", model),
             Route("/v1/usage", usage_report),
             Route("/v1/providers", providers_report),
+            Route("/v1/responses", responses_api, methods=["GET", "POST"]),
+            Route("/v1/responses/{rest:path}", responses_api, methods=["GET", "POST", "DELETE"]),
             Route("/admin/reload", admin_reload, methods=["POST"]),
             Route("/admin/cache", admin_cache_stats),
             Route("/admin/limits", admin_limits),

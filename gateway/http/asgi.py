@@ -24,7 +24,7 @@ from gateway import reload as reloading
 from gateway.accounting import Accounting
 from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.http import admin, chat, headers
+from gateway.http import admin, chat, headers, messages
 from gateway.http.relay import Relay
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.finish import Finish
@@ -156,6 +156,9 @@ class Gateway:
             return
         if scope["path"] in chat.PATHS:
             await chat.handle(self, scope, receive, send)
+            return
+        if scope["path"] in messages.PATHS:
+            await messages.handle(self, scope, receive, send)
             return
         outcome = Outcome(
             chat.request_id(_header(scope, b"x-request-id")), perf_counter(),

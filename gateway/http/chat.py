@@ -22,7 +22,15 @@ from gateway.pipeline.outcome import Outcome
 from gateway.sse import DONE, PING
 
 ROUTE = "/v1/chat/completions"
-PATHS = frozenset({ROUTE, "/chat/completions"})
+EMBEDDINGS_ROUTE = "/v1/embeddings"
+# Path -> (route template, request kind): embeddings take the same path through the gateway as chat.
+ROUTES = {
+    ROUTE: (ROUTE, "chat"),
+    "/chat/completions": (ROUTE, "chat"),
+    EMBEDDINGS_ROUTE: (EMBEDDINGS_ROUTE, "embeddings"),
+    "/embeddings": (EMBEDDINGS_ROUTE, "embeddings"),
+}
+PATHS = frozenset(ROUTES)
 
 
 def scope_headers(scope: Scope) -> dict[str, str]:
@@ -56,6 +64,7 @@ class HTTPSurface:
     """REST and SSE framing of the relay's output as ASGI messages."""
 
     __slots__ = ("send", "outcome", "started")
+    keepalive = PING  # what a wait sends (an SSE comment)
 
     def __init__(self, send: Send, outcome: Outcome) -> None:
         self.send = send
@@ -76,7 +85,7 @@ class HTTPSurface:
     async def ping(self) -> None:
         if not self.started:
             await self.open()
-        await self.send({"type": "http.response.body", "body": PING, "more_body": True})
+        await self.send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
 
     async def batch(self, chunks: list[dict]) -> None:
         dumps = orjson.dumps
@@ -190,9 +199,17 @@ async def _receive(receive) -> dict:
 
 
 async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    hdrs = scope_headers(scope)
-    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=ROUTE, method=scope["method"])
-    surface = HTTPSurface(send, outcome)
+    route, kind = ROUTES[scope["path"]]
+    await serve(gateway, scope, receive, send, HTTPSurface, route, kind)
+
+
+async def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surface, route: str, kind: str = "chat",
+                hdrs: dict[str, str] | None = None, translate=None) -> None:
+    """One HTTP request through the relay, framed by ``make_surface(send, outcome)``; ``translate`` wraps the
+    body reader when the surface speaks another API (``/v1/messages``)."""
+    hdrs = scope_headers(scope) if hdrs is None else hdrs
+    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=route, method=scope["method"])
+    surface = make_surface(send, outcome)
     relay: Relay = gateway.relay
     if scope["method"] != "POST":
         err = GatewayError(405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed")
@@ -201,5 +218,6 @@ async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
         relay.finish.run(None, outcome)
         return
     snap = gateway.router.state
-    reader = body_reader(receive, hdrs.get("content-length"), gateway.body_reads, snap.settings.body_timeout_seconds)
-    await relay.serve(snap, Inbound(hdrs, reader, "rest"), outcome, surface, Watch(), receive)
+    read = body_reader(receive, hdrs.get("content-length"), gateway.body_reads, snap.settings.body_timeout_seconds)
+    inbound = Inbound(hdrs, translate(read) if translate is not None else read, "rest", kind=kind)
+    await relay.serve(snap, inbound, outcome, surface, Watch(), receive)

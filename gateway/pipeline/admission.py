@@ -18,7 +18,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from gateway import embeddings
 from gateway.auth import ApiKey, authenticate, check_model
+from gateway.embeddings import KIND as EMBEDDINGS
 from gateway.cache.controls import parse_controls
 from gateway.errors import GatewayError, invalid
 from gateway.pipeline.outcome import Outcome
@@ -37,6 +39,7 @@ class Inbound:
     read_body: Callable[[int], Awaitable[bytes]]  # read_body(limit) → bytes, or a 413 past the limit
     surface: str  # rest | ws (a REST request that asks to stream becomes sse)
     checks_content_type: bool = True  # a WebSocket message has no Content-Type
+    kind: str = "chat"  # "chat" | "embeddings": what the path asks for
 
 
 def too_large(limit: int) -> GatewayError:
@@ -64,7 +67,10 @@ class Admission:
                 )
         raw = await inbound.read_body(snap.settings.max_body_bytes)
         body = parse_json(raw)
-        validate_chat(body)
+        if inbound.kind == EMBEDDINGS:
+            embeddings.validate(body)
+        else:
+            validate_chat(body)
         model = body["model"]
         check_model(key, model)
         group = self.router.resolve(model, snap)
@@ -88,6 +94,7 @@ class Admission:
             default_timeout=snap.settings.request_timeout_seconds,
             max_upstream_bytes=snap.settings.max_upstream_bytes,
             max_event_bytes=snap.settings.max_event_bytes,
+            kind=inbound.kind,
         )
         if self.cache is not None:
             req.cache_controls = parse_controls(headers, self.cache.config.max_ttl_seconds)

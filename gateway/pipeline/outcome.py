@@ -52,6 +52,7 @@ class Outcome:
     attempts: int = 0
     failover: str | None = None  # "name (reason), ..." of the attempts that failed before the answer
     hedged: bool = False
+    rerouted: bool = False  # another model answered what the first deployment could not express
     # Cache.
     cache: str | None = None  # hit | semantic-hit | miss | bypass; None when the cache did not run
     similarity: float | None = None

@@ -44,7 +44,8 @@ class Pipeline:
         """An answer from a provider (the cache was looked up already)."""
         completion = await self.router.complete(req, req.group)
         req.outcome.add_usage(completion.get("usage"))
-        if self.cache is not None:
+        # A rerouted answer is another model's: it is not this request's model's answer to keep.
+        if self.cache is not None and not req.outcome.rerouted:
             self.cache.store(req, completion)  # queues; the writer task embeds, indexes and mirrors
         return completion
 
@@ -59,7 +60,7 @@ class Pipeline:
         first, rest, upstream_stream = await self.router.stream(req, req.group)
         if req.meter is not None:
             req.meter(first)
-        collector = _Collector() if self.cache is not None else None
+        collector = _Collector() if self.cache is not None and not req.outcome.rerouted else None
         if collector is not None:
             collector.add(first)
         return first, self._rest(req, rest, upstream_stream, collector), upstream_stream

@@ -16,9 +16,11 @@ from gateway.providers.base import StreamState
 
 
 # Parameters the OpenAI adapter passes through but the translating adapters
-# cannot honour yet. Each changes what the client gets back, so dropping them
-# silently would be worse than a 400.
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs", "audio")
+# cannot honour. Each changes what the client gets back, so dropping them
+# silently would be worse than a 400. (tools, tool_choice and response_format
+# are translated: see providers/features.py.)
+UNSUPPORTED = ("functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities", "prediction",
+               "web_search_options")
 
 
 def new_id() -> str:
@@ -38,7 +40,7 @@ def reject_unsupported(body: dict, label: str) -> None:
         value = body.get(name)
         if not value:  # absent, None, False, [] and {} ask for nothing
             continue
-        if name == "response_format" and isinstance(value, dict) and value.get("type") == "text":
+        if name == "modalities" and value == ["text"]:
             continue  # the default; asks for nothing
         raise invalid(
             f"'{name}' is not supported for provider {label} through this gateway yet.",

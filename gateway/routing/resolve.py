@@ -103,7 +103,7 @@ class Snapshot:
                 "model_not_found",
             )
         deployments = [_implicit_deployment(p, model)]
-        if self.fallback:
+        if self.fallback and "embedding" not in model:  # another provider's chat model is no embedding model
             for other in PROVIDERS:
                 q = providers.get(other)
                 if other != provider and q is not None and q.api_key:

@@ -17,6 +17,9 @@ request against them:
   group's requests), so a failing provider never sees a retry storm. A
   provider's 4xx for the client's request is returned as is, never retried;
   Retry-After keeps new requests away from that deployment that long.
+  A request a deployment's adapter cannot express (a 400 before sending:
+  tools, images, parameters the provider lacks) is refused, never answered
+  by another model, unless the group sets ``reroute_unsupported``.
 - **Breakers** per deployment (``routing.breaker``); with every deployment of
   a group open the client gets a fast 503 with Retry-After. With
   ``breaker_stall`` set, a deployment that stopped answering is opened before
@@ -320,11 +323,14 @@ class Router:
                 if i not in tried:
                     tried.append(i)
                 if not classify(err).fail_over:
-                    if err.upstream_status is None and err.status < 500:
-                        # This deployment's adapter cannot express the request; another provider's may.
+                    if err.upstream_status is None and err.status < 500 and policy.reroute_unsupported:
+                        # This deployment's adapter cannot express the request; the group allows another
+                        # model to answer it, and the answer says so (x-gateway-failover, its model field).
                         attempts -= 1
                         nxt = plan.choose(now, tried)
                         if nxt is not None:
+                            failures.append(f"{names[i].name} (unsupported: {err.param or err.code})")
+                            out.rerouted = True
                             last = last or err
                             i = nxt
                             continue

@@ -1,12 +1,19 @@
-"""Anthropic Messages API ⇄ OpenAI Chat Completions (text only).
+"""Anthropic Messages API ⇄ OpenAI Chat Completions.
 
 Request: system/developer messages become the top-level ``system``; turns are
-merged to alternate user/assistant; ``max_tokens`` is required by Anthropic
-(default 4096). Passed: temperature (0..1 only), top_p, stop, user (as
+merged to alternate user/assistant; images, tools, tool results and JSON
+output are translated in ``messages`` (see there); ``max_tokens`` is required
+by Anthropic (default 4096). Passed: temperature (0..1 only), top_p (not with
+temperature: Claude 4 models refuse the pair), stop, user (as
 ``metadata.user_id``). Ignored, because Anthropic has no equivalent: seed,
 presence_penalty, frequency_penalty, logit_bias, store, metadata,
-reasoning_effort, parallel_tool_calls. Rejected with a 400: n > 1 and the
-features in ``common.UNSUPPORTED``.
+reasoning_effort. Rejected with a 400: n > 1 and the features in
+``common.UNSUPPORTED``.
+
+Response: text blocks → content; ``tool_use`` blocks → ``tool_calls`` (in a
+stream: one call per block, its ``input_json_delta`` pieces as argument
+deltas, indexed in the order the calls start); the forced JSON tool's input
+→ content.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from functools import lru_cache
 
 import orjson
 
+from gateway import shapes
 from gateway.errors import GatewayError, invalid
+from gateway.providers.anthropic.messages import JSON_TOOL, convert
 from gateway.providers.base import Deployment, StreamState, UpstreamRequest
-from gateway.providers.common import bad_upstream, choice, chunk, completion, error_details, load_object, map_status
-from gateway.providers.common import max_tokens, new_id, now, reject_unsupported, role_chunk, split_messages
+from gateway.providers.common import bad_upstream, chunk, completion, error_details, load_object, map_status
+from gateway.providers.common import max_tokens, new_id, now, reject_unsupported, role_chunk
 from gateway.providers.common import stop_list, usage
 
 LABEL = "Anthropic"
@@ -29,6 +38,7 @@ FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",  # the answer was cut by the context window, not by a stop
     "tool_use": "tool_calls",
     "refusal": "content_filter",
     "pause_turn": "stop",
@@ -60,17 +70,8 @@ def build_request(body: dict, deployment: Deployment, stream: bool) -> UpstreamR
     n = body.get("n")
     if n is not None and n != 1:
         raise invalid(f"{LABEL} returns one choice per request; 'n' must be 1, got {n}.", param="n", code="unsupported_parameter")
-    system, turns = split_messages(body["messages"], LABEL, "assistant")
-    out: dict = {
-        "model": deployment.model,
-        "max_tokens": max_tokens(body) or DEFAULT_MAX_TOKENS,
-        "messages": [
-            {"role": role, "content": texts[0] if len(texts) == 1 else [{"type": "text", "text": t} for t in texts]}
-            for role, texts in turns
-        ],
-    }
-    if system:
-        out["system"] = "\n\n".join(system)
+    out: dict = {"model": deployment.model, "max_tokens": max_tokens(body) or DEFAULT_MAX_TOKENS}
+    convert(body, out)
     temperature = body.get("temperature")
     if temperature is not None:
         if temperature > 1:
@@ -80,8 +81,16 @@ def build_request(body: dict, deployment: Deployment, stream: bool) -> UpstreamR
                 code="invalid_value",
             )
         out["temperature"] = temperature
-    if body.get("top_p") is not None:
-        out["top_p"] = body["top_p"]
+    top_p = body.get("top_p")
+    if top_p is not None and top_p != 1:  # 1 is no nucleus cut at all: the same as leaving it out
+        if temperature is not None:
+            # Claude models from 4 on refuse the pair; choosing one for the client would change its sampling.
+            raise invalid(
+                f"{LABEL} models do not take 'temperature' and 'top_p' together; send only one of them.",
+                param="top_p",
+                code="unsupported_parameter",
+            )
+        out["top_p"] = top_p
     stop = stop_list(body)
     if stop:
         out["stop_sequences"] = stop
@@ -103,9 +112,22 @@ def _usage(raw: dict) -> dict:
     return usage(prompt, raw.get("output_tokens") or 0)
 
 
-def _text(blocks: list) -> str:
-    """Join the text blocks; thinking and tool blocks have no place in a text answer."""
-    return "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+def _message(blocks: list, reason: str | None) -> tuple[dict, str | None]:
+    """The OpenAI message of a reply's blocks, and its finish reason; thinking blocks are not the answer."""
+    text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+    calls = []
+    for b in blocks:
+        if b.get("type") != "tool_use":
+            continue
+        if b.get("name") == JSON_TOOL:  # the answer asked for as JSON
+            text += orjson.dumps(b.get("input") or {}).decode()
+            reason = "end_turn" if reason == "tool_use" else reason
+            continue
+        calls.append(shapes.tool_call(b["id"], b["name"], orjson.dumps(b.get("input") or {}).decode()))
+    finish = FINISH.get(reason, "stop") if reason else None
+    if calls:
+        return shapes.tool_message(text or None, calls), finish
+    return {"role": "assistant", "content": text, "refusal": None}, finish
 
 
 def parse_response(data: bytes, deployment: Deployment) -> dict:
@@ -116,20 +138,22 @@ def parse_response(data: bytes, deployment: Deployment) -> dict:
         blocks = obj.get("content")
         if not isinstance(blocks, list):
             raise bad_upstream(LABEL, "no 'content' array")
-        reason = obj.get("stop_reason")
+        message, finish = _message(blocks, obj.get("stop_reason"))
         msg_id = obj.get("id")
         return completion(
             f"chatcmpl-{msg_id}" if msg_id else new_id(),
             obj.get("model") or deployment.model,
-            [choice(0, _text(blocks), FINISH.get(reason, "stop") if reason else None)],
+            [shapes.choice(0, None, finish, message)],
             _usage(obj.get("usage") or {}),
         )
-    except (AttributeError, TypeError) as exc:
+    except (AttributeError, TypeError, KeyError) as exc:
         raise bad_upstream(LABEL, f"unexpected response shape ({exc})") from None
 
 
 def new_stream(body: dict, deployment: Deployment) -> StreamState:
-    return StreamState(id=new_id(), model=deployment.model, created=now())
+    state = StreamState(id=new_id(), model=deployment.model, created=now())
+    state.extra["calls"] = {}  # content block index -> its tool call's index (None: the JSON tool)
+    return state
 
 
 def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
@@ -138,9 +162,18 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
         kind = event.get("type")
         if kind == "content_block_delta":
             delta = event["delta"]
-            if delta.get("type") == "text_delta":
+            dtype = delta.get("type")
+            if dtype == "text_delta":
                 return [chunk(state, {"content": delta["text"]})]
-            return []  # thinking / tool-input / citation deltas: not part of a text answer
+            if dtype == "input_json_delta":
+                calls = state.extra["calls"]
+                block = event.get("index")
+                piece = delta.get("partial_json") or ""
+                if block not in calls or not piece:
+                    return []
+                k = calls[block]
+                return [chunk(state, {"content": piece} if k is None else shapes.tool_call_delta(k, piece))]
+            return []  # thinking / signature / citation deltas: not part of the answer
         if kind == "message_start":
             message = event["message"]
             if message.get("id"):
@@ -152,8 +185,18 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
             return [role_chunk(state)]
         if kind == "content_block_start":
             block = event["content_block"]
-            if block.get("type") == "text" and block.get("text"):
+            btype = block.get("type")
+            if btype == "text" and block.get("text"):
                 return [chunk(state, {"content": block["text"]})]
+            if btype == "tool_use":
+                calls = state.extra["calls"]
+                if block.get("name") == JSON_TOOL:
+                    calls[event.get("index")] = None
+                    state.extra["json"] = True
+                    return []
+                k = sum(1 for v in calls.values() if v is not None)
+                calls[event.get("index")] = k
+                return [chunk(state, shapes.tool_call_delta(k, "", block["id"], block["name"]))]
             return []
         if kind == "message_delta":
             # Usage here is cumulative and final (output_tokens is the total).
@@ -162,6 +205,8 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
             state.usage = _usage(raw)
             reason = (event.get("delta") or {}).get("stop_reason")
             if reason:
+                if reason == "tool_use" and state.extra.get("json"):
+                    reason = "end_turn"  # the forced JSON tool was the answer, not a call for the client
                 state.finish_reason = FINISH.get(reason, "stop")
                 return [chunk(state, {}, state.finish_reason)]
             return []
@@ -170,6 +215,15 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
         return []  # ping, content_block_stop, message_stop, and types added later
     except (AttributeError, TypeError, KeyError) as exc:
         raise bad_upstream(LABEL, f"unexpected stream event shape ({exc!r})") from None
+
+
+def build_embeddings(body: dict, deployment: Deployment) -> UpstreamRequest:
+    raise invalid(f"{LABEL} has no embeddings API; route '{body.get('model')}' to an OpenAI or Gemini embedding model.",
+                  param="model", code="unsupported_parameter")
+
+
+def parse_embeddings(data: bytes, body: dict, deployment: Deployment) -> dict:
+    raise bad_upstream(LABEL, "embeddings are not an Anthropic API")
 
 
 def map_error(status: int, data: bytes) -> GatewayError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 
+from gateway.simulator.features import plan_calls
 from gateway.simulator.settings import Settings
 from gateway.simulator.wire import SSE, Invalid, Reply, Request, answer, endpoint, json_object, new_id
 from gateway.simulator.wire import opt_int, opt_number, pieces, read_turns, sse_frames, stops_list, text_field
@@ -31,7 +32,11 @@ def error(status: int, message: str | None = None) -> Reply:
 
 
 def _auth(req: Request, s: Settings) -> Reply | None:
+    # The official SDK sends x-api-key for an API key and "Authorization: Bearer" for an auth token.
     key = req.headers.get(b"x-api-key")
+    if not key:
+        bearer = req.headers.get(b"authorization", b"")
+        key = bearer[7:] if bearer[:7].lower() == b"bearer " else b""
     if not key:
         return error(401, "x-api-key header is required")
     if s.api_key is not None and key.decode("latin-1") != s.api_key:
@@ -44,20 +49,95 @@ def _auth(req: Request, s: Settings) -> Reply | None:
 _endpoint = endpoint(_auth, lambda exc: error(400, exc.message))
 
 
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def _image(block: dict, where: str) -> None:
+    src = block.get("source")
+    kind = src.get("type") if isinstance(src, dict) else None
+    if kind == "base64":
+        if src.get("media_type") not in _IMAGE_TYPES:
+            raise Invalid(f"{where}.source.media_type: Input should be {', '.join(map(repr, _IMAGE_TYPES))}")
+        if not isinstance(src.get("data"), str) or not src["data"]:
+            raise Invalid(f"{where}.source.data: Field required")
+    elif kind == "url":
+        if not isinstance(src.get("url"), str) or not src["url"].startswith(("http://", "https://")):
+            raise Invalid(f"{where}.source.url: Input should be a valid URL")
+    else:
+        raise Invalid(f"{where}.source: Input tag {kind!r} found using 'type' does not match any of the expected tags")
+
+
 def _text(content: object, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise Invalid(f"{where}: Input should be a valid list")
     texts = []
-    for block in content:
+    for j, block in enumerate(content):
         if not isinstance(block, dict) or "type" not in block:
             raise Invalid(f"{where}: each content block must be an object with a 'type'")
-        if block["type"] == "text":
+        kind = block["type"]
+        if kind == "text":
             if not isinstance(block.get("text"), str):
                 raise Invalid(f"{where}.text: Field required")
             texts.append(block["text"])
+        elif kind == "image":
+            _image(block, f"{where}.{j}")
+        elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str) or not isinstance(block.get("input"), dict):
+                raise Invalid(f"{where}.{j}.tool_use: id, name and an object input are required")
+        elif kind == "tool_result":
+            if not isinstance(block.get("tool_use_id"), str):
+                raise Invalid(f"{where}.{j}.tool_use_id: Field required")
+            texts.append("tool result " + _text(block.get("content") or "", f"{where}.{j}.content"))
     return " ".join(texts)
+
+
+def _blocks(turn: dict, kind: str) -> list[dict]:
+    content = turn.get("content")
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind] if isinstance(content, list) else []
+
+
+def _check_results(turns: list) -> bool:
+    """Each tool_result answers a tool_use of the assistant turn just before it, as the real API requires.
+    Returns whether the conversation ends with tool results."""
+    for i, t in enumerate(turns):
+        results = _blocks(t, "tool_result")
+        if not results:
+            continue
+        asked = {b.get("id") for b in _blocks(turns[i - 1], "tool_use")} if i else set()
+        for r in results:
+            if r.get("tool_use_id") not in asked:
+                raise Invalid(
+                    f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: {r.get('tool_use_id')}. "
+                    "Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                )
+    return bool(_blocks(turns[-1], "tool_result"))
+
+
+def _tools(body: dict) -> tuple[list[tuple[str, object]], str | None]:
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise Invalid("tools: Input should be a valid list")
+    out = []
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise Invalid(f"tools.{i}.name: Field required")
+        schema = t.get("input_schema")
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            raise Invalid(f"tools.{i}.custom.input_schema.type: Input should be 'object'")
+        out.append((t["name"], schema))
+    tc = body.get("tool_choice")
+    if tc is None:
+        return out, None
+    kind = tc.get("type") if isinstance(tc, dict) else None
+    if kind not in ("auto", "any", "tool", "none"):
+        raise Invalid("tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'")
+    if kind == "tool":
+        if tc.get("name") not in dict(out):
+            raise Invalid(f"tool_choice.tool.name: Tool '{tc.get('name')}' not found in tools")
+        return out, tc["name"]
+    return out, {"any": "required"}.get(kind, kind)
 
 
 def _turn(i: int, m: object) -> tuple[str, str]:
@@ -69,6 +149,9 @@ def _turn(i: int, m: object) -> tuple[str, str]:
         )
     return role, _text(m.get("content"), f"messages.{i}.content")
 
+
+# Models from Claude 4 on refuse temperature and top_p in one request; the Claude 3 family took both.
+_BOTH_SAMPLERS = ("claude-3-", "claude-3.")
 
 _STOP = {"end": "end_turn", "stop_sequence": "stop_sequence", "length": "max_tokens"}
 
@@ -88,8 +171,12 @@ def messages(req: Request, s: Settings) -> Reply:
     if system is not None:
         prompt += words(_text(system, "system"))
     prompt, last_user = read_turns(turns, _turn, prompt)
+    after_tool = _check_results(turns)
+    tools, choice = _tools(body)
     opt_number(body, "temperature", 0, 1)
     opt_number(body, "top_p", 0, 1)
+    if body.get("temperature") is not None and body.get("top_p") is not None and not model.startswith(_BOTH_SAMPLERS):
+        raise Invalid("`temperature` and `top_p` cannot both be specified for this model. Please use only one.")
     stops = stops_list(body.get("stop_sequences"), "stop_sequences", None)
     if not isinstance(body.get("stream", False), bool):
         raise Invalid("stream: Input should be a valid boolean")
@@ -98,6 +185,9 @@ def messages(req: Request, s: Settings) -> Reply:
     a = answer("anthropic", last_user, s.response_tokens, max_tokens, stops)
     reason = _STOP[a.end]
     mid = new_id("msg_01")
+    calls = plan_calls(tools, choice, last_user, after_tool)
+    if calls:
+        return _tool_reply(mid, model, prompt, calls, stream)
     if not stream:
         doc = {
             "id": mid,
@@ -143,6 +233,33 @@ def messages(req: Request, s: Settings) -> Reply:
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
     ]
     return Reply(200, frames=sse_frames(events, head, tail), content_type=SSE)
+
+
+def _tool_reply(mid: str, model: str, prompt: int, calls: list, stream: bool) -> Reply:
+    """tool_use blocks, whole or streamed as Anthropic does: a block start per call, its input as JSON deltas."""
+    blocks = [{"type": "tool_use", "id": new_id("toolu_01"), "name": name, "input": args} for name, args in calls]
+    usage = {"input_tokens": prompt, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 10 * len(calls)}
+    message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": blocks,
+               "stop_reason": "tool_use", "stop_sequence": None, "usage": usage}
+    if not stream:
+        return Reply(200, orjson.dumps(message))
+
+    def event(doc: dict) -> bytes:
+        return b"event: " + doc["type"].encode() + b"\ndata: " + orjson.dumps(doc) + b"\n\n"
+
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    frames = [event({"type": "message_start", "message": start})]
+    for k, b in enumerate(blocks):
+        frames.append(event({"type": "content_block_start", "index": k, "content_block": {**b, "input": {}}}))
+        args = orjson.dumps(b["input"]).decode()
+        half = len(args) // 2
+        for piece in (args[:half], args[half:]):
+            frames.append(event({"type": "content_block_delta", "index": k, "delta": {"type": "input_json_delta", "partial_json": piece}}))
+        frames.append(event({"type": "content_block_stop", "index": k}))
+    frames.append(event({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                         "usage": {"output_tokens": usage["output_tokens"]}}))
+    frames.append(event({"type": "message_stop"}))
+    return Reply(200, frames=frames, content_type=SSE)
 
 
 @_endpoint

@@ -11,6 +11,7 @@ PROVIDER = Provider(
     catalogue=(
         "gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro",
         "gemini-2.0-flash-lite", "gemini-2.5-flash-lite", "gemini-1.5-pro", "gemini-1.5-flash",
+        "gemini-embedding-001",
     ),
     small=r"flash|lite",
     equivalent={"small": "gemini-2.0-flash", "large": "gemini-2.5-pro"},

@@ -6,8 +6,9 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from gateway.simulator.features import json_answer, plan_calls
 from gateway.simulator.settings import Settings
-from gateway.simulator.wire import SSE, Handler, Invalid, Reply, Request, answer, endpoint, json_object
+from gateway.simulator.wire import SSE, Handler, Invalid, Reply, Request, answer, embed, endpoint, json_object
 from gateway.simulator.wire import error_words, new_id, opt_int, opt_number, pieces, read_turns, stops_list, words
 
 AUTH_HEADER = b"x-goog-api-key"
@@ -25,9 +26,14 @@ _MESSAGES = {
 }
 
 
-def error(status: int, message: str | None = None) -> Reply:
+def error(status: int, message: str | None = None, reason: str | None = None) -> Reply:
     name, message = error_words(status, message, _STATUS, _MESSAGES, "INTERNAL", "FAILED_PRECONDITION")
-    err = {"code": status, "message": message, "status": name}
+    err: dict = {"code": status, "message": message, "status": name}
+    if reason:  # Google's machine-readable why, as the real API sends it in an ErrorInfo detail
+        err["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com",
+             "metadata": {"service": "generativelanguage.googleapis.com"}}
+        ]
     return Reply(status, orjson.dumps({"error": err}))
 
 
@@ -49,7 +55,7 @@ def _auth(req: Request, s: Settings) -> Reply | None:
             "Please use API key or other form of API consumer identity to call this API.",
         )
     if s.api_key is not None and key != s.api_key:
-        return error(400, "API key not valid. Please pass a valid API key.")
+        return error(400, "API key not valid. Please pass a valid API key.", "API_KEY_INVALID")
     return None
 
 
@@ -59,7 +65,57 @@ _endpoint = endpoint(_auth, lambda exc: error(400, exc.message))
 def _text(content: object, where: str) -> str:
     if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
         raise Invalid(f"* GenerateContentRequest.{where}.parts: contents.parts must not be empty.")
-    return " ".join(p["text"] for p in content["parts"] if isinstance(p, dict) and isinstance(p.get("text"), str))
+    texts = []
+    for j, p in enumerate(content["parts"]):
+        if not isinstance(p, dict):
+            raise Invalid(f"* GenerateContentRequest.{where}.parts[{j}]: must be an object")
+        if isinstance(p.get("text"), str):
+            texts.append(p["text"])
+        elif "inlineData" in p:
+            d = p["inlineData"]
+            if not isinstance(d, dict) or not d.get("mimeType") or not isinstance(d.get("data"), str):
+                raise Invalid(f"* GenerateContentRequest.{where}.parts[{j}].inline_data: mimeType and data are required")
+        elif "fileData" in p:
+            d = p["fileData"]
+            if not isinstance(d, dict) or not d.get("fileUri") or not d.get("mimeType"):
+                raise Invalid(f"* GenerateContentRequest.{where}.parts[{j}].file_data: fileUri and mimeType are required")
+        elif "functionCall" in p:
+            fc = p["functionCall"]
+            if not isinstance(fc, dict) or not fc.get("name"):
+                raise Invalid(f"* GenerateContentRequest.{where}.parts[{j}].function_call.name: Name cannot be empty.")
+        elif "functionResponse" in p:
+            fr = p["functionResponse"]
+            if not isinstance(fr, dict) or not fr.get("name"):
+                raise Invalid(f"* GenerateContentRequest.{where}.parts[{j}].function_response.name: Name cannot be empty.")
+            if not isinstance(fr.get("response"), dict):
+                raise Invalid(f"* GenerateContentRequest.{where}.parts[{j}].function_response.response: must be an object")
+            texts.append("tool result " + orjson.dumps(fr["response"]).decode())
+    return " ".join(texts)
+
+
+def _tools(body: dict) -> tuple[list[tuple[str, object]], str | None]:
+    out = []
+    for i, t in enumerate(body.get("tools") or ()):
+        for j, d in enumerate((t or {}).get("functionDeclarations") or ()):
+            if not isinstance(d, dict) or not d.get("name"):
+                raise Invalid(f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Name cannot be empty.")
+            out.append((d["name"], d.get("parameters") or d.get("parametersJsonSchema")))
+    fcc = ((body.get("toolConfig") or {}).get("functionCallingConfig")) or {}
+    mode = fcc.get("mode", "AUTO")
+    if mode not in ("AUTO", "ANY", "NONE", "VALIDATED", "MODE_UNSPECIFIED"):
+        raise Invalid(f"Invalid value at 'tool_config.function_calling_config.mode' ({mode!r})")
+    names = fcc.get("allowedFunctionNames")
+    if names and mode != "ANY":
+        raise Invalid("* GenerateContentRequest.tool_config.function_calling_config.allowed_function_names: only allowed with mode ANY")
+    if mode == "NONE":
+        return out, "none"
+    if mode == "ANY":
+        return out, names[0] if names else "required"
+    return out, None
+
+
+def _parts_with(c: dict, key: str) -> bool:
+    return any(isinstance(p, dict) and key in p for p in c.get("parts") or ())
 
 
 def _turn(i: int, c: object) -> tuple[str, str]:
@@ -94,7 +150,16 @@ def generate(req: Request, s: Settings, model: str, stream: bool) -> Reply:
     opt_number(config, "topP", 0, 1)
     stops = stops_list(config.get("stopSequences", config.get("stop_sequences")), "stopSequences", 5)
 
+    mime = config.get("responseMimeType", "text/plain")
+    schema = config.get("responseSchema")
+    if schema is not None and mime != "application/json":
+        raise Invalid("* GenerateContentRequest.generation_config.response_schema: responseSchema needs responseMimeType application/json")
+    tools, choice = _tools(body)
+    after_tool = isinstance(contents[-1], dict) and _parts_with(contents[-1], "functionResponse")
+    calls = plan_calls(tools, choice, last_user, after_tool)
     a = answer("google", last_user, s.response_tokens, max_tokens, stops)
+    if mime == "application/json":
+        a.text, a.end = json_answer(schema, a.text), "end"
     finish = _FINISH[a.end]
     usage = {
         "promptTokenCount": prompt,
@@ -103,6 +168,16 @@ def generate(req: Request, s: Settings, model: str, stream: bool) -> Reply:
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
     }
     rid = new_id("sim")
+    if calls:
+        # A function call comes whole, in one response (streamed: one event), as Gemini sends it.
+        parts = [{"functionCall": {"name": name, "args": args}} for name, args in calls]
+        candidates = [{"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": i} for i in range(count)]
+        doc = orjson.dumps({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": rid})
+        if not stream:
+            return Reply(200, doc)
+        if "alt=sse" not in req.query:
+            return Reply(200, b"[" + doc + b"]")
+        return Reply(200, frames=[b"data: " + doc + b"\r\n\r\n"], content_type=SSE)
     if not stream:
         candidates = [
             {"content": {"parts": [{"text": a.text}], "role": "model"}, "finishReason": finish, "index": i} for i in range(count)
@@ -129,6 +204,37 @@ def generate(req: Request, s: Settings, model: str, stream: bool) -> Reply:
         # Without alt=sse Google streams one JSON array; clients read it whole.
         return Reply(200, b"[" + b",\r\n".join(docs) + b"]")
     return Reply(200, frames=[b"data: " + d + b"\r\n\r\n" for d in docs], content_type=SSE)
+
+
+# The real models' output sizes (outputDimensionality may ask for fewer).
+_DIMENSIONS = {"gemini-embedding-001": 3072, "text-embedding-004": 768}
+
+
+def _embed_one(r: object, where: str) -> dict:
+    if not isinstance(r, dict):
+        raise Invalid(f"* {where}: must be an object")
+    text = _text(r.get("content"), f"{where}.content")
+    if not text:
+        raise Invalid(f"* {where}.content.parts: contents.parts must not be empty.")
+    return {"values": embed(text, r["_dims"]).tolist()}
+
+
+@_endpoint
+def embed_content(req: Request, s: Settings, model: str, batch: bool) -> Reply:
+    body = json_object(req.body)
+    full = _DIMENSIONS.get(model, 3072)
+    items = body.get("requests") if batch else [body]
+    if not isinstance(items, list) or not items:
+        raise Invalid("* BatchEmbedContentsRequest.requests: requests is not specified")
+    for i, r in enumerate(items):
+        if not isinstance(r, dict):
+            raise Invalid(f"* requests[{i}]: must be an object")
+        if batch and r.get("model") != f"models/{model}":
+            raise Invalid(f"* BatchEmbedContentsRequest.requests[{i}].model: model must match models/{model}")
+        dims = opt_int(r, "outputDimensionality", 1, full)
+        r["_dims"] = dims or full
+    done = [_embed_one(r, f"requests[{i}]") for i, r in enumerate(items)]
+    return Reply(200, orjson.dumps({"embeddings": done} if batch else {"embedding": done[0]}))
 
 
 @_endpoint
@@ -159,4 +265,7 @@ def match(req: Request) -> Handler | None:
         if model and method in ("generateContent", "streamGenerateContent"):
             stream = method == "streamGenerateContent"
             return lambda r, s: generate(r, s, model, stream)
+        if model and method in ("embedContent", "batchEmbedContents"):
+            batch = method == "batchEmbedContents"
+            return lambda r, s: embed_content(r, s, model, batch)
     return None

@@ -40,13 +40,18 @@ def build_request(body: dict, deployment: Deployment, stream: bool) -> UpstreamR
     return UpstreamRequest("POST", url, dict(headers), orjson.dumps(out))
 
 
-def parse_response(data: bytes, deployment: Deployment) -> dict:
+def _answer(data: bytes, field: str) -> dict:
+    """The body as is, once it holds its ``field`` array (an error object inside a 200 is raised)."""
     obj = load_object(data, LABEL)
-    if not isinstance(obj.get("choices"), list):
+    if not isinstance(obj.get(field), list):
         if obj.get("error"):
             raise _embedded_error(data)
-        raise bad_upstream(LABEL, "no 'choices' array")
+        raise bad_upstream(LABEL, f"no '{field}' array")
     return obj
+
+
+def parse_response(data: bytes, deployment: Deployment) -> dict:
+    return _answer(data, "choices")
 
 
 def new_stream(body: dict, deployment: Deployment) -> StreamState:
@@ -80,6 +85,20 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
         if reason:
             state.finish_reason = reason
     return [obj]
+
+
+@lru_cache(maxsize=256)
+def _embeddings_url(base_url: str) -> str:
+    return f"{base_url}/embeddings"
+
+
+def build_embeddings(body: dict, deployment: Deployment) -> UpstreamRequest:
+    _, headers = _endpoint(deployment.base_url, deployment.api_key)
+    return UpstreamRequest("POST", _embeddings_url(deployment.base_url), dict(headers), orjson.dumps({**body, "model": deployment.model}))
+
+
+def parse_embeddings(data: bytes, body: dict, deployment: Deployment) -> dict:
+    return _answer(data, "data")
 
 
 def map_error(status: int, data: bytes) -> GatewayError:

@@ -7,6 +7,7 @@ import time
 
 import orjson
 
+from gateway.simulator.features import json_answer, plan_calls
 from gateway.simulator.settings import Settings
 from gateway.simulator.wire import SSE, Invalid, Reply, Request, answer, embed, endpoint, json_object, new_id
 from gateway.simulator.wire import opt_int, opt_number, pieces, read_turns, sse_frames, stops_list, text_field
@@ -87,7 +88,20 @@ def chat(req: Request, s: Settings) -> Reply:
         raise Invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
 
+    after_tool = messages[-1].get("role") == "tool" if isinstance(messages[-1], dict) else False
+    if after_tool:  # the results of the last calls (parallel calls: several tool messages)
+        results = []
+        for m in reversed(messages):
+            if not isinstance(m, dict) or m.get("role") != "tool":
+                break
+            results.insert(0, _text(m.get("content")))
+        last_user = "tool result " + " ".join(results)
+    calls = plan_calls(_tools(body), _choice(body.get("tool_choice")), last_user, after_tool)
     a = answer("openai", last_user, s.response_tokens, max_tokens, stops)
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
+        a.text, a.end = json_answer(schema, a.text), "end"
     finish = _FINISH[a.end]
     usage = {
         "prompt_tokens": prompt,
@@ -103,6 +117,8 @@ def chat(req: Request, s: Settings) -> Reply:
     }
     cid = new_id("chatcmpl-")
     created = int(time.time())
+    if calls:
+        return _tool_reply(cid, created, model, n, calls, usage, stream, include_usage)
     if not stream:
         message = {"role": "assistant", "content": a.text, "refusal": None, "annotations": []}
         doc = {
@@ -143,6 +159,60 @@ def chat(req: Request, s: Settings) -> Reply:
     return Reply(200, frames=sse_frames(events, role, tail), content_type=SSE)
 
 
+def _tools(body: dict) -> list[tuple[str, object]]:
+    tools = body.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise Invalid("Invalid type for 'tools': expected an array.", "tools")
+    out = []
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise Invalid(f"Missing required parameter: 'tools[{i}].function.name'.", f"tools[{i}].function.name")
+        out.append((fn["name"], fn.get("parameters")))
+    return out
+
+
+def _choice(choice: object) -> str | None:
+    if isinstance(choice, dict):
+        return (choice.get("function") or {}).get("name")
+    return choice if isinstance(choice, str) else None
+
+
+def _tool_reply(cid: str, created: int, model: str, n: int, calls: list, usage: dict, stream: bool, include_usage: bool) -> Reply:
+    """Tool calls, whole or streamed as OpenAI does: a delta naming each call, then its arguments in two pieces."""
+    made = [(new_id("call_"), name, orjson.dumps(args).decode()) for name, args in calls]
+    envelope = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_simulator"}
+    if not stream:
+        tool_calls = [{"id": i, "type": "function", "function": {"name": name, "arguments": a}} for i, name, a in made]
+        message = {"role": "assistant", "content": None, "tool_calls": tool_calls, "refusal": None, "annotations": []}
+        choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": "tool_calls"} for i in range(n)]
+        return Reply(200, orjson.dumps({**envelope, "object": "chat.completion", "choices": choices, "usage": usage}))
+
+    def event(i: int, delta: dict, finish: str | None = None) -> bytes:
+        doc = {**envelope, "object": "chat.completion.chunk",
+               "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if include_usage:
+            doc["usage"] = None
+        return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+    frames = []
+    for i in range(n):
+        frames.append(event(i, {"role": "assistant", "content": None, "refusal": None}))
+        for k, (call_id, name, args) in enumerate(made):
+            frames.append(event(i, {"tool_calls": [{"index": k, "id": call_id, "type": "function",
+                                                    "function": {"name": name, "arguments": ""}}]}))
+            half = len(args) // 2
+            for piece in (args[:half], args[half:]):
+                frames.append(event(i, {"tool_calls": [{"index": k, "function": {"arguments": piece}}]}))
+        frames.append(event(i, {}, "tool_calls"))
+    if include_usage:
+        frames.append(b"data: " + orjson.dumps({**envelope, "object": "chat.completion.chunk", "choices": [], "usage": usage}) + b"\n\n")
+    frames.append(b"data: [DONE]\n\n")
+    return Reply(200, frames=frames, content_type=SSE)
+
+
 _MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "text-embedding-3-small", "text-embedding-3-large")
 
 
@@ -150,6 +220,10 @@ _MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "text-embedding-3
 def models(req: Request, s: Settings) -> Reply:
     data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "system"} for m in _MODELS]
     return Reply(200, orjson.dumps({"object": "list", "data": data}))
+
+
+# The real models' output sizes (and the most ``dimensions`` may ask for); other names get 1,536.
+_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 
 
 @_endpoint
@@ -168,7 +242,7 @@ def embeddings(req: Request, s: Settings) -> Reply:
         if not isinstance(item, str):
             raise Invalid("'input' must be a string, an array of strings or of token arrays.", "input")
         texts.append(item)
-    dims = opt_int(body, "dimensions", 1, 4096) or 256
+    dims = opt_int(body, "dimensions", 1, _DIMENSIONS.get(model, 4096)) or _DIMENSIONS.get(model, 1536)
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise Invalid("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
