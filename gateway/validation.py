@@ -74,7 +74,7 @@ def check_free_form(value: object, param: str) -> None:
         if nodes > MAX_NODES:
             raise invalid(f"'{param}' holds more than {MAX_NODES} keys and items.", param=param, code="invalid_value")
         for child in v.values() if isinstance(v, dict) else v:
-            if isinstance(child, (dict, list)) and child:
+            if isinstance(child, (dict, list)):
                 stack.append((child, depth + 1))
 
 
