@@ -1,6 +1,6 @@
 """Cache figures that need no HTTP gateway (issue 4). Prints what it measures.
 
-    python benchmarks/cache_bench.py pairs                 # labelled pairs: paraphrase hits / false hits vs threshold
+    python benchmarks/cache_bench.py pairs                 # labelled pairs (held-out split): paraphrase hits / false hits vs threshold
     python benchmarks/cache_bench.py hitrate --n 20000     # spec-mix traffic: hit rate (and false hits) vs threshold
     python benchmarks/cache_bench.py latency --fill 100000 # lookup latency of misses at 100k entries, embedding included
     python benchmarks/cache_bench.py recall --fill 100000  # the labelled paraphrases still found behind 100k entries
@@ -30,6 +30,7 @@ from gateway.cache import Cache, CacheConfig  # noqa: E402
 from gateway.request import ChatRequest  # noqa: E402
 
 from cache_prompts import generate, unique_prompts  # noqa: E402
+from tests.test_cache_helpers import labelled_pairs  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 
@@ -48,6 +49,8 @@ def cache_config(args, **kw) -> CacheConfig:
     base = {"embedder": args.embedder, "max_entries": max(getattr(args, "fill", 0) + 10_000, 100_000)}
     if getattr(args, "candidates", None):
         base["candidates"] = args.candidates
+    if getattr(args, "margin", None) is not None:
+        base["narrow_margin"] = args.margin
     return CacheConfig.from_mapping({**base, **kw})
 
 
@@ -57,36 +60,45 @@ def pct(xs, q) -> float:
 
 # ----------------------------------------------------------------------------- pairs
 
+async def run_labelled(cache: Cache, ps: list[dict]) -> list[tuple[dict, str, float | None]]:
+    """Each pair in a namespace of its own: store ``a``, look up ``b``; (pair, status, similarity)."""
+    for i, p in enumerate(ps):
+        r = req([{"role": "user", "content": p["a"]}], headers={"x-gateway-cache-namespace": f"p{i}"})
+        await cache.lookup(r)
+        cache.store(r, answer(str(i)))
+    await cache.drain()
+    out = []
+    for i, p in enumerate(ps):
+        res = await cache.lookup(req([{"role": "user", "content": p["b"]}], headers={"x-gateway-cache-namespace": f"p{i}"}))
+        out.append((p, res.status, res.similarity))
+    return out
+
+
 async def bench_pairs(args) -> None:
-    files = ["cache_pairs.jsonl", "cache_pairs_holdout.jsonl"]
-    pairs = {f: [json.loads(x) for x in (DATA / f).read_text().splitlines() if x.strip()] for f in files}
-    print(f"labelled pairs, embedder={args.embedder} (candidates from the hashed index, lexical guard, verifier)")
-    print(f"{'threshold':>9} | " + " | ".join(f"{f:<40}" for f in files))
+    if args.legacy:
+        files = ["cache_pairs.jsonl", "cache_pairs_holdout.jsonl"]
+        sets = {f: [json.loads(x) for x in (DATA / f).read_text().splitlines() if x.strip()] for f in files}
+    else:
+        sets = {s: labelled_pairs(s) for s in args.splits}
+    print(f"labelled pairs, embedder={args.embedder} (the whole semantic tier: candidates, vetoes, verifier)")
+    print(f"{'threshold':>9} | " + " | ".join(f"{f:<40}" for f in sets))
     for t in args.thresholds:
         row = []
-        for f in files:
+        for name, ps in sets.items():
             cache = Cache(cache_config(args, semantic_threshold=t), None)
             await cache.start()
-            ps = pairs[f]
-            for i, p in enumerate(ps):
-                r = req([{"role": "user", "content": p["a"]}], headers={"x-gateway-cache-namespace": f"p{i}"})
-                await cache.lookup(r)
-                cache.store(r, answer(str(i)))
-            await cache.drain()
-            hit = false = 0
-            for i, p in enumerate(ps):
-                res = await cache.lookup(req([{"role": "user", "content": p["b"]}],
-                                             headers={"x-gateway-cache-namespace": f"p{i}"}))
-                served = res.status in ("hit", "semantic-hit")
-                if p["label"] == "hit":
-                    hit += served
-                else:
-                    false += served
+            results = await run_labelled(cache, ps)
             await cache.close()
+            hit = sum(st != "miss" for p, st, _ in results if p["label"] == "hit")
+            false = sum(st != "miss" for p, st, _ in results if p["label"] == "miss")
             nh = sum(p["label"] == "hit" for p in ps)
             nm = len(ps) - nh
             share = false / (hit + false) if hit + false else 0.0
             row.append(f"paraphrases {hit:>3}/{nh} ({hit / nh:4.0%})  false {false:>2}/{nm} ({share:4.1%} of hits)")
+            if args.show and name == args.show:
+                for p, st, sim in results:
+                    if (st != "miss") != (p["label"] == "hit"):
+                        print(f"    {name} {t:.2f} {p['label']:>4} {p['kind']:>5} {st:>12} {sim}  {p['a']!r} / {p['b']!r}")
         print(f"{t:>9.2f} | " + " | ".join(f"{x:<40}" for x in row))
 
 
@@ -174,7 +186,7 @@ async def _time_lookups(cache, queries) -> list:
         verified = s["verifications"] > before[1]
         guarded = sum(s["guard_rejects"].values()) > sum(before[0].values())
         rows.append((p["bucket"], res.status, dt, verified, guarded))
-        if res.status == "semantic-hit":
+        if res.status == "semantic-hit" and sum(r[1] == "semantic-hit" for r in rows) <= 10:
             print(f"   semantic hit on a new intent (similarity {res.similarity}): {p['messages'][0]['content'][:160]!r}"
                   f" -> {res.response['choices'][0]['message']['content']!r}")
     return rows
@@ -278,6 +290,11 @@ def main() -> None:
     ap.add_argument("--fill", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=2_000)
     ap.add_argument("--ops", type=int, default=50_000)
+    ap.add_argument("--splits", nargs="*", default=["heldout"], choices=["tune", "heldout"],
+                    help="pairs: which split of tests/data/paraphrase_pairs.jsonl (tune on tune, report heldout)")
+    ap.add_argument("--legacy", action="store_true", help="pairs: the issue-4 sets (tests/data/cache_pairs*.jsonl)")
+    ap.add_argument("--show", help="pairs: print the wrong decisions of this split (tune only, while tuning)")
+    ap.add_argument("--margin", type=float, help="narrow_margin (default: the config's)")
     ap.add_argument("--candidates", type=int, help="top-k candidates taken from the index (default: the config's)")
     args = ap.parse_args()
     import platform

@@ -406,18 +406,44 @@ def test_hash_embedder_is_deterministic_and_cheap():
     ("Convert 100 Fahrenheit to Celsius", "Convert 200 Fahrenheit to Celsius", "numbers"),
     ("Convert five miles to km", "Convert 5 miles to km", None),
     ("Give me a recipe with eggs", "Give me a recipe without eggs", "negation"),
+    ("Why do people like jazz?", "Why do people dislike jazz?", "negation"),
     ("How do I reverse a list in Python?", "How do I reverse a list in Rust?", "language"),
+    ("Write a JS function that adds two numbers", "Write a JavaScript function that adds two numbers", None),
     ("Is 3 + 4 equal to 7?", "Is 3 * 4 equal to 7?", "operators"),
+    ("What does x += 1 do?", "What does x -= 1 do?", "operators"),
     ("What does `os.path.join` do?", "What does `os.path.split` do?", "identifiers"),
     ("Convert 100 Fahrenheit to Celsius", "Convert 100 Celsius to Fahrenheit", "direction"),
+    ("How many cups are in a liter?", "How many liters are in a cup?", "direction"),
     ("How do I sort a dict by value?", "How do I sort a dict by key?", "swap"),
-    ("Explain neural networks", "Explain neural network pruning", "narrower"),
+    ("What is the difference between a frog and a toad?", "What is the difference between a crocodile and an alligator?", "swap"),
+    # Rewordings are the embedder's to judge: added context, other words, moved clauses, typos.
+    ("What's the capital of France?", "Which city is the capital of France?", None),
+    ("Why is exercise good for mental health?", "How does exercise benefit mental health?", None),
+    ("After a workout, what should I eat?", "What should I eat after a workout?", None),
+    ("How do I read a JSON file in Python?", "Python code to load a JSON file.", None),
+    ("What is the tallest bulding in the world?", "What is the tallest building in the world?", None),
 ])
-def test_guard_reasons(a, b, reason):
-    from gateway.cache.text import analyse, guard
+def test_veto_reasons(a, b, reason):
+    from gateway.cache.text import analyse, veto
 
-    assert guard(analyse(a), analyse(b))[0] == reason
-    assert guard(analyse(b), analyse(a))[0] == reason
+    assert veto(analyse(a), analyse(b)) == reason
+    assert veto(analyse(b), analyse(a)) == reason
+
+
+async def test_the_threshold_decides():
+    """SEMANTIC_THRESHOLD is the bar a paraphrase's score must clear: the same pair misses at the default
+    and hits below its score (fails if the threshold were a constant such as 0.40)."""
+    results = {}
+    for t in (0.85, 0.7):
+        c = Cache(config(semantic_threshold=t), None)
+        await c.start()
+        try:
+            await store(c, "How do I find the length of a list in Python?", "len(xs)")
+            results[t] = await lookup(c, "Get the number of elements in a Python list.")
+        finally:
+            await c.close()
+    assert results[0.85].status == "miss"
+    assert results[0.7].status == "semantic-hit" and 0.7 <= results[0.7].similarity < 0.85
 
 
 async def test_very_long_prompts_use_the_exact_tier_only():

@@ -4,7 +4,7 @@ Lookup (on the event loop, no I/O, no locks)::
 
     controls (Cache-Control, x-gateway-cache-*)   -> bypass?          controls.py
     exact key (blake2b of the normalised request) -> dict -> hit      keys.py, entries.py
-    semantic scope -> candidates -> guard -> verifier -> semantic-hit  semantic.py
+    semantic scope -> candidates -> vetoes -> verifier -> semantic-hit semantic.py
     otherwise                                     -> miss
 
 Store returns at once: a background writer task analyses the prompt, puts the

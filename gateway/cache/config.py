@@ -24,10 +24,10 @@ class CacheConfig:
     embedder_key: str | None = None
     embedder_timeout_seconds: float = 5.0
     verify_window_tokens: int = 128  # minilm: tokens per window (longer prompts: head + tail windows)
-    candidate_threshold: float = 0.4  # hashed-vector cosine for a candidate worth checking (paraphrases the guard lets through: >= 0.45)
-    candidates: int = 4  # top-k taken from the vector index (long prompts; short ones: every entry of the content key)
-    narrow_margin: float = 0.1  # extra similarity asked per content word that differs (counted up to 2)
-    # Longer last messages: exact tier only. The guard analyses a query on the loop (~0.35 µs a
+    candidate_threshold: float = 0.2  # hashed-vector cosine for a candidate worth verifying (tune split: 95 % of paraphrases >= 0.24)
+    candidates: int = 4  # top-k taken from the scope's vector index (and every entry with the query's content key)
+    narrow_margin: float = 0.05  # extra score asked per content word one prompt adds (counted up to 2)
+    # Longer last messages: exact tier only. The vetoes analyse a query on the loop (~0.35 µs a
     # character: ~1.4 ms at 4,000); the spec's longest prompts are ~2,000 characters.
     max_semantic_chars: int = 4_000
     max_pending_verifications: int = 8  # more waiting than this: answer miss rather than queue

@@ -27,7 +27,7 @@ import orjson
 from gateway.cache.controls import in_namespace
 from gateway.cache.embed import HASH_DIM
 from gateway.cache.entries import Entries, Entry
-from gateway.cache.text import analyse, content_key, is_long
+from gateway.cache.text import analyse, content_key
 
 if TYPE_CHECKING:
     from gateway.cache.config import CacheConfig
@@ -228,16 +228,13 @@ class Mirror:
             raw = row.get(b"h")
             if e.scope is not None and e.text:
                 e.ckey = m.get("ck")
-                indexed = bool(raw)  # the writer sends a vector for long prompts only
                 if e.ckey is None:  # written by a version without content keys
                     e.analysis = analyse(e.text)
                     e.ckey = content_key(e.scope, e.analysis)
-                    indexed = is_long(e.analysis)
-                if indexed:
-                    if raw:
-                        hv = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
-                    if hv is None or hv.shape[0] != HASH_DIM:
-                        hv = self.semantic.hasher.vector(e.text)
+                if raw:
+                    hv = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+                if hv is None or hv.shape[0] != HASH_DIM:  # earlier versions sent long prompts' only
+                    hv = self.semantic.hasher.vector(e.text)
             self.entries.insert(e, hv)
             if e.text is not None and e.analysis is None and self.semantic.on:
                 self.semantic.analyse_later(e)

@@ -1,12 +1,12 @@
 """The semantic tier: which stored prompts may mean the same as a query, and whether one does.
 
-    candidates: the query's content key -> every entry the guard could pass under
-                20 content words; long prompts also: hashed vector -> top-k of the
-                scope's vector index (>= candidate_threshold)
-    guard:      lexical rules (numbers, negation, languages, identifiers, direction,
-                swapped slot, narrower), on the loop: a few comparisons
-    verifier:   cosine >= semantic_threshold (+ margin for a narrower question), on
-                the executor thread (the model releases the GIL)
+    candidates: the query's content key -> the entries with the same content words;
+                hashed vector -> top-k of the scope's vector index (>= candidate_threshold)
+    veto:       lexical contradictions an embedder misses (numbers, negation, languages,
+                operators, identifiers, direction, one slot swapped in the same frame),
+                on the loop: a few comparisons
+    verifier:   score = 1 - (1 - cosine) / spread >= semantic_threshold, on the executor
+                thread (the model releases the GIL); spread is the embedder's own
 
 Prompts are analysed when stored, so a lookup analyses only its query; entries
 loaded from Redis are analysed in the background (:meth:`Semantic.backfill`).
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from gateway.cache.embed import HASH_DIM, HashEmbedder, Verifier, make_verifier, similarity
 from gateway.cache.entries import Entries, Entry
 from gateway.cache.keys import RequestView
-from gateway.cache.text import analyse, content_key, guard, is_long
+from gateway.cache.text import added_words, analyse, content_key, veto
 
 if TYPE_CHECKING:
     from gateway.cache.cache import LookupState
@@ -48,7 +48,7 @@ class Semantic:
         self.on = config.semantic and (self.verifier is not None or config.embedder == "hash")
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="gw-cache-verify")
         self.verifier_error: str | None = None
-        self.unanalysed: deque[Entry] = deque()  # entries from Redis whose guard analysis is still to do
+        self.unanalysed: deque[Entry] = deque()  # entries from Redis whose analysis is still to do
         self._backfill_wake: asyncio.Event | None = None
         self._pending = 0
         self.verifications = 0
@@ -97,9 +97,8 @@ class Semantic:
         return await self._match(st, v.query, cands)
 
     def _candidates(self, st: LookupState, v: RequestView, now: float) -> list[Candidate]:
-        """Every prompt the guard could pass under its short-prompt rule has the query's content key:
-        one dict lookup finds them all. Long prompts may differ in a few words: those are also
-        looked for in the vector index (the hashed vectors' nearest, cosine >= candidate_threshold).
+        """The entries with the query's content words (one dict lookup, exact at any size), then the
+        hashed vectors' nearest in the scope (rewordings, added or dropped words).
         """
         qa = st.analysis
         if qa is None:
@@ -107,7 +106,7 @@ class Semantic:
         st.ckey = content_key(v.scope, qa)
         cands: list[Candidate] = [(c, None) for c in self.entries.with_ckey(st.ckey, now)]
         index = self.entries.index
-        if is_long(qa) and v.scope in index.shards:
+        if v.scope in index.shards:
             st.hvec = hv = self.hasher.vector(v.query)
             floor = self.config.candidate_threshold
             for label, sim in index.search(v.scope, hv, self.config.candidates):
@@ -119,26 +118,26 @@ class Semantic:
     async def _match(self, st: LookupState, query: str, cands: list[Candidate]) -> tuple[Entry | None, float]:
         """Guard, then verifier: the best candidate that means the same as ``query``, or None."""
         try:
-            # The guard runs here, on the loop: the query was analysed once (25-220 µs, kept for
+            # The vetoes run here, on the loop: the query was analysed once (25-220 µs, kept for
             # this request's own store), the candidates when they were stored, so it is a few
             # comparisons. On a thread it would cost as much CPU, plus the hand-off, and hold the
             # GIL against the loop for up to the switch interval.
-            passing = self._guard(st.analysis, cands)
+            passing = self._veto(st.analysis, cands)
             if not passing:
                 return None, 0.0
             if self.verifier is None:  # embedder = "hash": the hashed cosine decides
                 best, best_sim = None, 0.0
-                for e, hsim, added in passing:
+                for e, hsim, needed in passing:
                     if hsim is None:  # found by its content key
                         if st.hvec is None:
                             st.hvec = self.hasher.vector(query)
                         hsim = float(st.hvec @ self.hasher.vector(e.text))
-                    if hsim >= self._needed(added) and hsim > best_sim:
+                    if hsim >= needed and hsim > best_sim:
                         best, best_sim = e, hsim
                 return best, best_sim
-        except Exception as exc:  # noqa: BLE001 - a broken guard must never fail a request
+        except Exception as exc:  # noqa: BLE001 - a broken veto must never fail a request
             self.errors += 1
-            log.warning("cache: semantic guard failed: %s", exc)
+            log.warning("cache: semantic veto failed: %s", exc)
             return None, 0.0
         if self._pending >= self.config.max_pending_verifications:
             self.shed += 1
@@ -160,61 +159,60 @@ class Semantic:
         finally:
             self._pending -= 1
 
-    def _guard(self, qa: tuple, cands: list[Candidate]) -> list[tuple[Entry, float | None, int]]:
+    def _veto(self, qa: tuple, cands: list[Candidate]) -> list[tuple[Entry, float | None, float]]:
         passing = []
         for e, hsim in cands:
             ea = e.analysis
             if ea is None:  # loaded from Redis and not yet reached by the backfill
                 ea = e.analysis = analyse(e.text)
-            why, added = guard(qa, ea)
-            if why is None and self._needed(added) > 1.0:
-                why = "differs"  # no similarity could reach the bar: spare the verifier
+            why = veto(qa, ea)
             if why is not None:
                 self.guard_rejects[why] += 1
             else:
-                passing.append((e, hsim, added))
+                passing.append((e, hsim, self._needed(added_words(qa, ea))))
         return passing
 
     def _needed(self, added: int) -> float:
+        """The score a candidate must reach: more when one prompt adds words (it may ask for more)."""
         return self.config.semantic_threshold + self.config.narrow_margin * min(added, 2)
 
-    def _verify(self, query: str, passing) -> tuple[Entry | None, float]:
-        """On the executor: the verifier's similarity of the query and each candidate the guard passed."""
+    def _score(self, cosine: float) -> float:
+        return 1.0 - (1.0 - cosine) / self.verifier.spread
+
+    def _verify(self, query: str, passing: list[Candidate]) -> tuple[Entry | None, float]:
+        """On the executor: the verifier's score of the query and each candidate that passed the vetoes."""
         best, best_sim = None, 0.0
         qw = self.verifier.windows(query)
-        for e, _hsim, added in passing:
+        for e, _hsim, needed in passing:
             w = e.windows
             if w is None:
                 w = e.windows = self.verifier.windows(e.text)
-            s = similarity(qw, w)
-            if s >= self._needed(added) and s > best_sim:
+            s = self._score(similarity(qw, w))
+            if s >= needed and s > best_sim:
                 best, best_sim = e, s
         return best, best_sim
 
-    async def _verify_async(self, query: str, passing) -> tuple[Entry | None, float]:
-        todo = [e for e, _h, _a in passing if e.windows is None]
+    async def _verify_async(self, query: str, passing: list[Candidate]) -> tuple[Entry | None, float]:
+        todo = [e for e, _h, _n in passing if e.windows is None]
         vecs = await self.verifier.awindows([query] + [e.text for e in todo])
         for e, w in zip(todo, vecs[1:]):
             e.windows = w
         qw = vecs[0]
         self.verifications += 1
         best, best_sim = None, 0.0
-        for e, _h, added in passing:
-            s = similarity(qw, e.windows)
-            if s >= self._needed(added) and s > best_sim:
+        for e, _h, needed in passing:
+            s = self._score(similarity(qw, e.windows))
+            if s >= needed and s > best_sim:
                 best, best_sim = e, s
         return best, best_sim
 
     # ------------------------------------------------------------------ store
 
     def prepare(self, e: Entry, scope: str, analysis: tuple | None, ckey: int | None, hvec):
-        """Analyse a prompt being stored (once, so no lookup analyses its candidates); its hashed vector
-        when it is long enough for the vector index, else None."""
+        """Analyse a prompt being stored (once, so no lookup analyses its candidates); its hashed vector."""
         e.analysis = a = analysis or analyse(e.text)
         e.ckey = ckey if ckey is not None else content_key(scope, a)
-        if is_long(a):
-            return hvec if hvec is not None else self.hasher.vector(e.text)
-        return None
+        return hvec if hvec is not None else self.hasher.vector(e.text)
 
     def analyse_later(self, e: Entry) -> None:
         self.unanalysed.append(e)

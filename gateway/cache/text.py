@@ -2,24 +2,25 @@
 
 Embedders, even good ones, score "Convert 100 Fahrenheit to Celsius" and
 "Convert 100 Celsius to Fahrenheit" as near-identical, and cheap ones score
-"sort a list" closer to "reverse a list" than to a real paraphrase. So before
-a semantic hit is served, :func:`guard` compares the two prompts on the words
-that decide what the answer is:
+"sort a list" closer to "reverse a list" than to a real paraphrase. The
+embedder judges meaning; before a semantic hit is served, :func:`veto` looks
+for the specific contradictions it misses:
 
 * numbers (``5`` and ``five`` are the same number), operators and comparisons;
-* negations (``not``, ``without``, ``n't`` ...);
+* negations (``not``, ``without``, ``n't``, "like" / "dislike" ...);
 * identifiers and code (``snake_case``, ``camelCase``, ``a.b``, backticks, quotes);
-* languages (programming and natural) and data formats;
+* languages (programming and natural) and data formats ("JS" is JavaScript);
 * direction: two shared words that swap places across "to", "from", "into",
   "than" ... ("Celsius to Fahrenheit"; "A or B" and "B or A" stay equal);
-* a swapped slot: both prompts use the same frame and differ in one or two
-  content words ("by value" / "by key", "reverse" / "sort", "cats" / "dogs"),
-  unless the words are known synonyms;
-* a narrower question: one prompt adds a content word to the other
-  ("neural networks" / "neural network pruning", "... with an example").
+* a swapped slot: one sentence with one or two content words replaced
+  ("by value" / "by key", "cats" / "dogs", "high" / "low"), unless the
+  words are the same word (synonym, inflection, a one-letter typo);
+* long prompts (20+ content words) that differ in more than a few words: the
+  embedders see only a head and a tail window.
 
-Words that only frame a request ("explain", "tell me", "briefly") are
-neutral; synonyms and inflections ("paint"/"painter") count as the same word.
+Added or dropped context words and rewordings are not vetoed: they are the
+embedder's to judge. Words that only frame a request ("explain", "tell me",
+"briefly") are neutral.
 
 Everything here is pure Python on short strings: a few tens of microseconds.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import re
 import sys
 import unicodedata
+from difflib import SequenceMatcher
 from hashlib import blake2b
 from typing import NamedTuple
 
@@ -102,11 +104,12 @@ _SYNONYMS = [
 SYNONYM_OF: dict[str, int] = {}
 
 # Words that only frame the request ("explain", "tell me", "in simple terms"):
-# adding or dropping one does not change what is asked.
+# never a swapped slot. Not "short", "quick", "mean": they are content as often
+# ("short-lived" / "long-lived", "mean" / "median").
 NEUTRAL = frozenset(
     """
-    explain describe tell give show help know want need like way please briefly brief short
-    simply detail overview quick quickly question answer mean meaning
+    explain describe tell give show help know want need like way please briefly
+    simply overview question answer meaning
     """.split()
 )
 
@@ -119,7 +122,7 @@ NEGATIONS = frozenset(
 # Words whose swap makes a different request even though embedders score the
 # pair as near-identical: direction, extremes, comparisons.
 DIRECTION_WORDS = frozenset(
-    "to from into onto than before after over under".split()
+    "to from into onto than before after over under in per".split()
 )
 
 LANGUAGES = frozenset(
@@ -135,6 +138,10 @@ LANGUAGES = frozenset(
     """.split()
 )
 
+# Other names of one language: "JS" and "JavaScript" ask the same.
+LANGUAGE_ALIASES = {"js": "javascript", "ts": "typescript", "golang": "go", "cpp": "c++", "csharp": "c#",
+                    "postgres": "postgresql", "yml": "yaml", "nodejs": "node", "node.js": "node", "sh": "bash"}
+
 _NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
     "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
@@ -147,7 +154,7 @@ _NUMBER_WORDS = {
 
 _WORDS = re.compile(r"[a-z0-9]+")
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)*%?")
-_OPS = re.compile(r"(?<=[\s\d(])(?:<=|>=|==|!=|->|=>|\*\*|[-+*/^<>=])(?=[\s\d(])")
+_OPS = re.compile(r"(?<=[\s\d(])(?:<=|>=|===|==|!==|!=|->|=>|\*\*|//|[-+*/%]=|[-+*/^<>=%])(?=[\s\d(])")
 # Identifiers and code: dotted names, snake_case, camelCase, calls, `code`, 'quoted', "quoted" (++: see _ARROWS).
 _IDENTS = re.compile(
     r"`[^`]{1,80}`|'[^'\s][^']{0,60}'|\"[^\"]{1,60}\""
@@ -159,14 +166,21 @@ _APOS = re.compile(r"(\w)['’](\w)")
 # "<word> to|from|into ... [the|a|an] <word>": the pairs a direction word orders.
 # Possessive (++): a word or a space run is never worth giving back, and these two patterns are most of
 # an analysis' time (same matches on 25,000 prompts of the spec mix, ~20 % less time).
-_ARROWS = re.compile(r"\b(\w++)\s++(?:to|from|into|onto|than|before|after|over|under)\s++(?=(?:the\s+|a\s+|an\s+)?(\w+))")
+_ARROWS = re.compile(r"\b(\w++)\s++(?:(?:are|is)\s++)?(to|from|into|onto|than|before|after|over|under|in|per)\s++"
+                     r"(?=(?:the\s+|a\s+|an\s+)?(\w+))")
+# "X in Y", "X per Y": a flip only when the other prompt says "Y in X" ("read a file in Python" and
+# "Python code to read a file" are one request).
+_CONTAINMENT = frozenset({"in", "per"})
+
+
+STEM_CHARS = 7
 
 
 def _stem(word: str) -> str:
     """A light, deterministic stem: Harman's S-stemmer, -ing/-ed, then at most 7 letters.
 
     Only used to compare words ("databases"/"database", "exercising"/"exercise"),
-    never shown; the guard also treats a word and its prefix as the same word.
+    never shown; the vetoes also treat a word and its prefix as the same word.
     """
     if len(word) <= 3 or not word.isalpha():
         return word
@@ -182,7 +196,7 @@ def _stem(word: str) -> str:
             if word[-1] == word[-2] and word[-1] not in "ls":
                 word = word[:-1]  # running -> run, stopped -> stop
             break
-    return word[:7]
+    return word[:STEM_CHARS]
 
 
 for _i, _group in enumerate(_SYNONYMS):
@@ -191,16 +205,17 @@ for _i, _group in enumerate(_SYNONYMS):
         SYNONYM_OF.setdefault(_stem(_w), _i)
 NEUTRAL_STEMS = frozenset(_stem(w) for w in NEUTRAL)
 _NUMBER_WORD_SET = frozenset(_NUMBER_WORDS)
-NARROWER_WORDS = 1  # content words one prompt may add to the other before it is a narrower question
-LONG_PROMPT_WORDS = 20  # from this many content words (in both prompts) a few may differ
+SEQ_WORDS = 40  # prompts of more words keep no word sequence (a swapped slot is a short prompt's contrast)
+LONG_PROMPT_WORDS = 20  # from this many content words (in both prompts) only a few may differ
+SLOT_WORDS = 2  # the most content words a swapped slot holds on each side ("crocodile and alligator" / "frog and toad")
 
 
-# The guard's equality-only rules, in the order it reports them.
+# The vetoes that only ask "equal or not", in the order they are reported.
 LITERAL_RULES = ("numbers", "negation", "language", "operators", "identifiers")
 
 
 class Analysis(NamedTuple):
-    """What the guard needs to know about one prompt: small, kept per cache entry.
+    """What the vetoes need to know about one prompt: small, kept per cache entry.
 
     Every cache entry holds one (computed when it is stored, so a lookup never
     analyses its candidates), hence the compact form: the rules that only ask
@@ -215,8 +230,8 @@ class Analysis(NamedTuple):
 
     sig: int  # LITERAL_RULES[i] -> bits 64*i .. 64*i+63: the hash of that rule's values
     content: tuple[str, ...]  # stemmed content words and numbers, sorted (a tuple: 8 bytes a word)
-    arrows: tuple[tuple[str, str], ...]  # (word before, word after) each direction word ("fahrenh", "celsius")
-    seq: tuple[str, ...]  # content words in order of first use (only when there are direction words)
+    arrows: tuple[tuple[str, str, bool], ...]  # (word before, word after, "in"/"per") each direction word
+    seq: tuple[str, ...]  # every word stemmed, in order (prompts of up to SEQ_WORDS words): the frame of a swap
 
 
 def _digest64(text: str) -> int:
@@ -233,17 +248,14 @@ def _signature(*values) -> int:
 
 
 def content_key(scope: str, a: tuple) -> int:
-    """A key that every prompt which can pass :func:`guard`'s short-prompt rule with ``a`` shares.
+    """A key that prompts with the same literals and the same content words share.
 
-    Below ``LONG_PROMPT_WORDS`` content words the guard lets two prompts
-    through only when they have the same literals (``sig``) and every
-    content word that is not a framing word pairs with one in the other
-    prompt: the same stem, a synonym, or one a prefix of the other (4
-    letters at least). So the key is the scope, the signature and the set of
-    content words mapped to their synonym group or first 4 letters: equal
-    for every such pair, and an exact dict lookup finds them all, however
-    many entries there are (an approximate vector search at 100,000 entries
-    missed about half of them).
+    The key is the scope, the literal signature (``sig``) and the set of
+    content words mapped to their synonym group or first 4 letters: the
+    rewordings that keep every content word ("How do I" / "How can I") find
+    each other by an exact dict lookup, however many entries there are (an
+    approximate search of hashed vectors at 100,000 entries missed about half
+    of them); the vector index finds the rest.
     """
     canon = set()
     for w in a[1]:
@@ -252,11 +264,6 @@ def content_key(scope: str, a: tuple) -> int:
         g = SYNONYM_OF.get(w)
         canon.add(f"#{g}" if g is not None else w[:4])
     return _digest64(f"{scope}\x1f{a[0]:x}\x1f" + " ".join(sorted(canon)))
-
-
-def is_long(a: tuple) -> bool:
-    """Whether the guard's long-prompt rule (a few differing words allowed) can apply: then the vector index finds candidates."""
-    return len(a[1]) >= LONG_PROMPT_WORDS
 
 
 _STEMS: dict[str, str] = {}
@@ -289,7 +296,7 @@ def analyse(text: str) -> tuple:
         m = m.strip().lower()
         if m not in LANGUAGES:
             idents.add(m)
-    ops = tuple(sorted(_OPS.findall(text)))
+    ops = tuple(sorted(_OPS.findall(text))) + ("()",) * text.count("(")  # grouping changes an expression
     low = text.lower()
     langs = set()
     if "c+" in low or "#" in low or ".net" in low or "node.js" in low or "objective-c" in low:
@@ -298,20 +305,17 @@ def analyse(text: str) -> tuple:
     words = _WORDS.findall(low)
     wset = set(words)
     langs.update(wset & LANGUAGES)
-    if "golang" in langs:
-        langs.discard("golang")
-        langs.add("go")
+    langs = {LANGUAGE_ALIASES.get(x, x) for x in langs}
     numbers = [n.replace(",", "") for n in _NUMBERS.findall(low)]
     for w in wset & _NUMBER_WORD_SET:
         numbers.extend(_NUMBER_WORDS[w] for _ in range(words.count(w)))
-    content = {_stem_cached(w) for w in wset - STOPWORDS - NEGATIONS - _NUMBER_WORD_SET}
+    content = {_stem_cached(w) for w in wset - STOPWORDS - NEGATIONS - _NUMBER_WORD_SET - LANGUAGES}  # languages: in sig
     content.update(numbers)
-    arrows: tuple[tuple[str, str], ...] = ()
-    seq: tuple[str, ...] = ()
+    arrows: tuple[tuple[str, str, bool], ...] = ()
     if wset & DIRECTION_WORDS:
-        arrows = tuple((_stem_cached(x), _stem_cached(y)) for x, y in _ARROWS.findall(low)
+        arrows = tuple((_stem_cached(x), _stem_cached(y), d in _CONTAINMENT) for x, d, y in _ARROWS.findall(low)
                        if x not in STOPWORDS and y not in STOPWORDS)
-        seq = tuple(dict.fromkeys([_stem_cached(w) for w in words if w not in STOPWORDS]))
+    seq = tuple(_stem_cached(w) for w in words) if len(words) <= SEQ_WORDS else ()
     return (
         _signature(tuple(sorted(numbers)), bool(wset & NEGATIONS), tuple(sorted(langs)), ops, tuple(sorted(idents))),
         tuple(sorted(content)),
@@ -331,64 +335,127 @@ def _same(a: str, b: str) -> bool:
     return len(short) >= 4 and long.startswith(short) and len(long) - len(short) <= 3
 
 
-def _direction_flip(a: tuple, b: tuple, shared: set[str]) -> bool:
-    """"X to Y" in one prompt, Y before X in the other ("Celsius to Fahrenheit")."""
-    for (_, _, arrows, p_seq), (_, _, _, q_seq) in ((a, b), (b, a)):
-        for x, y in arrows:
-            if x in shared and y in shared and x != y:
-                if x not in q_seq or y not in q_seq:
-                    continue  # q has no direction word: the other rules decide
-                if (p_seq.index(x) < p_seq.index(y)) != (q_seq.index(x) < q_seq.index(y)):
+def _direction_flip(a: tuple, b: tuple) -> bool:
+    """"X to Y" in one prompt, Y before X in the other ("Celsius to Fahrenheit", "liters in a gallon").
+
+    Only when both prompts use a direction word: "After a workout, what should I eat?" only
+    moves a clause.
+    """
+    if not a[2] or not b[2] or not a[3] or not b[3]:
+        return False
+    qa, qb = a[3], b[3]
+    for x, y, contained in a[2]:
+        if x == y:
+            continue
+        if contained:
+            if any(c and (x2, y2) == (y, x) for x2, y2, c in b[2]):
+                return True
+        elif x in qb and y in qb and (qa.index(x) < qa.index(y)) != (qb.index(x) < qb.index(y)):
+            return True
+    return False
+
+
+def _same_frame(a: tuple, b: tuple, slot_words: int, slack: int) -> bool:
+    """Whether the prompts are one sentence with a slot changed: besides the slot's own words at most
+    ``slack`` words differ ("crocodile and an alligator" / "frog and a toad": two; "a poem" / "a short
+    story": none). A rewording changes framing words too ("Why is exercise good for" / "How does
+    exercise benefit"; "generate" / "turn sunlight into").
+    """
+    if not a[3] or not b[3]:
+        return False
+    changed = 0
+    for op, i1, i2, j1, j2 in SequenceMatcher(None, a[3], b[3], autojunk=False).get_opcodes():
+        if op != "equal":
+            changed += (i2 - i1) + (j2 - j1)
+    return changed <= slot_words + slack
+
+
+def _typo(a: str, b: str) -> bool:
+    """One edit apart (an insertion, deletion, substitution or swap of neighbours): a misspelling."""
+    if abs(len(a) - len(b)) > 1 or min(len(a), len(b)) < 4 or not (a.isalpha() and b.isalpha()):
+        return False
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    k = 0
+    while k < len(short) and short[k] == long[k]:
+        k += 1
+    if len(a) == len(b) == STEM_CHARS and (a[k + 1:] == b[k:-1] or b[k + 1:] == a[k:-1]):
+        return True  # both cut by the stemmer: a letter dropped or added before the cut
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    return short[k:] == long[k + 1:]
+
+
+_NEGATING_PREFIXES = ("dis", "un", "non", "in", "im", "ir", "il")
+
+
+def _negated(words: list[str], other: tuple[str, ...]) -> bool:
+    """A word of one prompt that is a word of the other with a negating prefix ("like"/"dislike")."""
+    for w in words:
+        for p in _NEGATING_PREFIXES:
+            if w.startswith(p) and len(w) - len(p) >= 4:
+                rest = w[len(p):]
+                if any(x.startswith(rest) or rest.startswith(x) for x in other if len(x) >= 4):
                     return True
     return False
 
 
-def guard(a: tuple, b: tuple) -> tuple[str | None, int]:
-    """Whether two prompts may share an answer.
-
-    Returns ``(reason, added)``: ``reason`` is None when they may, else why not;
-    ``added`` is how many content words one prompt adds to the other (a
-    narrower question: the caller asks the verifier for a higher similarity).
-    """
-    if a[0] != b[0]:
-        # The lowest differing 64-bit field is the first rule that differs (a
-        # hash collision, 2**-64 a rule, would let a pair through to the rest).
-        x = a[0] ^ b[0]
-        return LITERAL_RULES[((x & -x).bit_length() - 1) // 64], 0
+def _unpaired(a: tuple, b: tuple) -> tuple[list[str], list[str], set[str]]:
+    """The content words of each prompt that pair with none of the other's (same stem, synonym,
+    inflection, a one-letter typo; framing words left out), and the shared ones."""
     ca, cb = set(a[1]), set(b[1])
-    shared = set(ca & cb)
+    shared = ca & cb
     only_a = [w for w in ca - cb if w not in NEUTRAL_STEMS]
     only_b = [w for w in cb - ca if w not in NEUTRAL_STEMS]
-    # Pair off words that are the same word (synonym, prefix/inflection).
     if only_a and only_b:
         rest_b = list(only_b)
         keep_a = []
         for x in only_a:
             for y in rest_b:
-                if _same(x, y):
+                if _same(x, y) or _typo(x, y):
                     rest_b.remove(y)
-                    shared.add(x)
+                    shared = shared | {x}
                     break
             else:
                 keep_a.append(x)
         only_a, only_b = keep_a, rest_b
-    if only_a and only_b:
-        if len(only_a) <= 2 and len(only_b) <= 2 and shared:
-            # The same frame with a swapped slot: "by value" / "by key".
-            return "swap", 0
-    if _direction_flip(a, b, shared):
-        return "direction", 0
-    added = len(only_a) + len(only_b)
-    n = min(len(ca), len(cb))
-    if n >= LONG_PROMPT_WORDS:
-        # Long prompts (documents, code): the embedders see only a head and a
-        # tail window, so the rest must be near-identical word for word.
-        if added > max(4, n // 20):
-            return "content", added
-    elif (not only_a or not only_b) and added >= NARROWER_WORDS:
-        # One prompt adds a topic or requirement word to the other: a narrower
-        # question ("neural networks" / "neural network pruning", "explain X" /
-        # "explain X with an example"). Embedders score these 0.95+ when the
-        # shared words dominate, so no threshold can tell them apart.
-        return "narrower", added
-    return None, added
+    return only_a, only_b, shared
+
+
+def added_words(a: tuple, b: tuple) -> int:
+    """Content words one prompt adds when the other adds none: a narrower question, or context."""
+    only_a, only_b, _ = _unpaired(a, b)
+    return 0 if only_a and only_b else len(only_a) + len(only_b)
+
+
+def veto(a: tuple, b: tuple) -> str | None:
+    """The contradiction between two prompts that an embedder misses, if any (None: let it judge).
+
+    Not a demand that every word pair off: added or dropped context words,
+    synonyms and rewordings are the embedder's to judge. Vetoed: different
+    literals (numbers, negation, languages, operators, identifiers), a
+    direction flip, and one slot swapped in an otherwise equal frame (a sibling
+    or an antonym: "cats"/"dogs", "high"/"low", "install"/"uninstall") unless
+    the two words are the same word (synonym, inflection).
+    """
+    if a[0] != b[0]:
+        # The lowest differing 64-bit field is the first rule that differs (a
+        # hash collision, 2**-64 a rule, would let a pair through to the rest).
+        x = a[0] ^ b[0]
+        return LITERAL_RULES[((x & -x).bit_length() - 1) // 64]
+    only_a, only_b, shared = _unpaired(a, b)
+    if _negated(only_a, b[1]) or _negated(only_b, a[1]):
+        return "negation"
+    if shared and 1 <= len(only_a) <= SLOT_WORDS and 1 <= len(only_b) <= SLOT_WORDS \
+            and _same_frame(a, b, len(only_a) + len(only_b), 2 if len(only_a) == len(only_b) else 0):
+        return "swap"
+    if _direction_flip(a, b) or _direction_flip(b, a):
+        return "direction"
+    n = min(len(a[1]), len(b[1]))
+    if n >= LONG_PROMPT_WORDS and len(only_a) + len(only_b) > max(4, n // 20):
+        # Long prompts (documents, code, a context paragraph around one question): the embedders see
+        # a head and a tail window, where shared boilerplate dominates, so the rest must be
+        # near-identical word for word.
+        return "content"
+    return None
