@@ -60,8 +60,11 @@ def pct(xs, q) -> float:
 
 # ----------------------------------------------------------------------------- pairs
 
-async def run_labelled(cache: Cache, ps: list[dict]) -> list[tuple[dict, str, float | None]]:
-    """Each pair in a namespace of its own: store ``a``, look up ``b``; (pair, status, similarity)."""
+async def run_labelled(cache: Cache, ps: list[dict]) -> list[tuple[dict, str, float | None, float]]:
+    """Each pair in a namespace of its own: store ``a``, look up ``b``; (pair, status, similarity, seconds).
+
+    Each lookup of ``b`` is a first-time one: neither prompt has been embedded by the verifier yet.
+    """
     for i, p in enumerate(ps):
         r = req([{"role": "user", "content": p["a"]}], headers={"x-gateway-cache-namespace": f"p{i}"})
         await cache.lookup(r)
@@ -69,8 +72,10 @@ async def run_labelled(cache: Cache, ps: list[dict]) -> list[tuple[dict, str, fl
     await cache.drain()
     out = []
     for i, p in enumerate(ps):
-        res = await cache.lookup(req([{"role": "user", "content": p["b"]}], headers={"x-gateway-cache-namespace": f"p{i}"}))
-        out.append((p, res.status, res.similarity))
+        r = req([{"role": "user", "content": p["b"]}], headers={"x-gateway-cache-namespace": f"p{i}"})
+        t0 = time.perf_counter()
+        res = await cache.lookup(r)
+        out.append((p, res.status, res.similarity, time.perf_counter() - t0))
     return out
 
 
@@ -87,16 +92,22 @@ async def bench_pairs(args) -> None:
         for name, ps in sets.items():
             cache = Cache(cache_config(args, semantic_threshold=t), None)
             await cache.start()
+            await asyncio.sleep(0.5)  # model warm
             results = await run_labelled(cache, ps)
             await cache.close()
-            hit = sum(st != "miss" for p, st, _ in results if p["label"] == "hit")
-            false = sum(st != "miss" for p, st, _ in results if p["label"] == "miss")
+            hit = sum(st != "miss" for p, st, _, _ in results if p["label"] == "hit")
+            false = sum(st != "miss" for p, st, _, _ in results if p["label"] == "miss")
+            lat = [dt for _, st, _, dt in results if st == "semantic-hit"]
+            if args.latency:
+                print(f"    {name} {t:.2f}: first-time semantic hits n={len(lat)} p50 {pct(lat, 50) * 1e3:.2f} ms "
+                      f"p99 {pct(lat, 99) * 1e3:.2f} ms; misses p50 "
+                      f"{pct([dt for _, st, _, dt in results if st == 'miss'], 50) * 1e3:.2f} ms")
             nh = sum(p["label"] == "hit" for p in ps)
             nm = len(ps) - nh
             share = false / (hit + false) if hit + false else 0.0
             row.append(f"paraphrases {hit:>3}/{nh} ({hit / nh:4.0%})  false {false:>2}/{nm} ({share:4.1%} of hits)")
             if args.show and name == args.show:
-                for p, st, sim in results:
+                for p, st, sim, _ in results:
                     if (st != "miss") != (p["label"] == "hit"):
                         print(f"    {name} {t:.2f} {p['label']:>4} {p['kind']:>5} {st:>12} {sim}  {p['a']!r} / {p['b']!r}")
         print(f"{t:>9.2f} | " + " | ".join(f"{x:<40}" for x in row))
@@ -293,6 +304,7 @@ def main() -> None:
     ap.add_argument("--splits", nargs="*", default=["heldout"], choices=["tune", "heldout"],
                     help="pairs: which split of tests/data/paraphrase_pairs.jsonl (tune on tune, report heldout)")
     ap.add_argument("--legacy", action="store_true", help="pairs: the issue-4 sets (tests/data/cache_pairs*.jsonl)")
+    ap.add_argument("--latency", action="store_true", help="pairs: also the first-time semantic-hit latency")
     ap.add_argument("--show", help="pairs: print the wrong decisions of this split (tune only, while tuning)")
     ap.add_argument("--margin", type=float, help="narrow_margin (default: the config's)")
     ap.add_argument("--candidates", type=int, help="top-k candidates taken from the index (default: the config's)")

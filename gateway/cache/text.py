@@ -206,7 +206,7 @@ for _i, _group in enumerate(_SYNONYMS):
 NEUTRAL_STEMS = frozenset(_stem(w) for w in NEUTRAL)
 _NUMBER_WORD_SET = frozenset(_NUMBER_WORDS)
 SEQ_WORDS = 40  # prompts of more words keep no word sequence (a swapped slot is a short prompt's contrast)
-LONG_PROMPT_WORDS = 20  # from this many content words (in both prompts) only a few may differ
+LONG_PROMPT_WORDS = 10  # from this many content words (in both prompts) only a few may differ
 SLOT_WORDS = 2  # the most content words a swapped slot holds on each side ("crocodile and alligator" / "frog and toad")
 
 
@@ -454,7 +454,7 @@ def veto(a: tuple, b: tuple) -> str | None:
         return "direction"
     n = min(len(a[1]), len(b[1]))
     if n >= LONG_PROMPT_WORDS and len(only_a) + len(only_b) > max(4, n // 20):
-        # Long prompts (documents, code, a context paragraph around one question): the embedders see
+        # Longer prompts (documents, code, a context paragraph around one question): the embedders see
         # a head and a tail window, where shared boilerplate dominates, so the rest must be
         # near-identical word for word.
         return "content"
