@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_bench import API_KEY, CHAT_PATH, PROMPT, GatewayProcess, log  # noqa: E402
+from run import NO_LIMITS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "benchmarks" / "gate_baseline.json"
@@ -88,7 +89,7 @@ def measure(rounds: int, seconds: float, conns: int, upstream_ms: float, transpo
     rows = []
     try:
         sim.start()
-        gw = GatewayProcess(transport, sim.base_url, gw_cpu).start()
+        gw = GatewayProcess(transport, sim.base_url, gw_cpu, extra_env=NO_LIMITS).start()
         asyncio.run(_paired(sim.base_url, gw.url, conns, 1.0))  # warm-up: pools, caches, allocators
         for r in range(rounds):
             lat = asyncio.run(_paired(sim.base_url, gw.url, conns, seconds))

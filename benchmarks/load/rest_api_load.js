@@ -9,7 +9,7 @@
 // k6 has no --scenario flag (k6 v1.1.0: "unknown flag: --scenario"), so SCENARIO picks one; running all
 // three at once would overload a laptop. Requests come from benchmarks/prompt_mix.json: a size class by
 // the spec's shares, a prompt by popularity, one of its paraphrases; a share of them streamed (SSE).
-// Other knobs: MODEL, STREAM_SHARE (0..1, default 0.3), DURATION (smoke's length), THINK (mean seconds
+// Other knobs: MODEL, HOLD (load's time at 100 users, default 2m), STREAM_SHARE (0..1, default 0.3), DURATION (smoke's length), THINK (mean seconds
 // between a user's requests; default 0.4 in load/stress, 0 in smoke), TIMEOUT, UNIQUE_SHARE (default 0.6:
 // that share of requests carries a one-off reference line, the long tail of questions asked once; the
 // rest repeat the data file's prompts, so the cache hit rate lands near the spec's 30 % target or above).
@@ -38,7 +38,7 @@ const SCENARIOS = {
   // The spec's 100 concurrent users; with THINK=0.4 s between requests that is ~200 requests/s.
   load: {
     executor: 'ramping-vus', startVUs: 0, gracefulRampDown: '10s',
-    stages: [{ duration: '30s', target: 100 }, { duration: '2m', target: 100 }, { duration: '15s', target: 0 }],
+    stages: [{ duration: '30s', target: 100 }, { duration: __ENV.HOLD || '2m', target: 100 }, { duration: '15s', target: 0 }],
   },
   // Past the spec's 200-user maximum to see where it bends.
   stress: {
