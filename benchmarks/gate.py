@@ -12,7 +12,9 @@ one through the gateway, so both sides meet the same moments of the host's load;
 rounds and the gate takes the median of the per-round ratios, so a burst moves one round, not the verdict.
 
 Exits 1 with the figures and a clear message when the median ratio exceeds baseline x (1 + tolerance),
-2 when it could not measure (failed requests, no baseline); 0 otherwise, figures printed either way. The
+2 when it could not measure (failed requests, no baseline), 3 when the ratio is over the limit but the
+host's load average is above --max-load per core (too busy to tell a regression from the CPU queue);
+0 otherwise, figures printed either way. The
 tolerance and the baseline live in ``benchmarks/gate_baseline.json`` with the noise band they came from.
 """
 
@@ -127,14 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, default=BASELINE)
     ap.add_argument("--update-baseline", action="store_true", help="write the measured ratio as the new baseline")
     ap.add_argument("--json", dest="json_out", type=Path, help="write the figures to this file")
+    ap.add_argument(
+        "--max-load", type=float, default=2.0,
+        help="1-minute load average per core above which the host is too busy to judge (exit 3; default 2.0)",
+    )
     args = ap.parse_args(argv)
     rounds = args.rounds or (8 if args.short else 15)
     seconds = args.seconds or (1.5 if args.short else 2.0)
 
     base = json.loads(args.baseline.read_text()) if args.baseline.exists() else None
     t0 = time.monotonic()
+    load_before = os.getloadavg()[0]
     m = measure(rounds, seconds, args.connections, args.upstream_ms, args.transport, args.pin)
-    m.update(rounds=rounds, seconds=seconds, connections=args.connections, upstream_ms=args.upstream_ms,
+    m.update(load_before=load_before, rounds=rounds, seconds=seconds, connections=args.connections, upstream_ms=args.upstream_ms,
              transport=args.transport, wall_s=round(time.monotonic() - t0, 1))
     print(f"P95 gate: direct {m['direct_p95_ms']:.2f} ms, gateway {m['gateway_p95_ms']:.2f} ms; "
           f"ratio {m['ratio']:.3f} (median of {' '.join(f'{r:.3f}' for r in m['ratios'])}); "
@@ -155,6 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tol = args.tolerance if args.tolerance is not None else base["tolerance"]
     limit = base["ratio"] * (1 + tol)
+    busy = max(m["load_before"], os.getloadavg()[0]) / (os.cpu_count() or 1)
+    if m["ratio"] > limit and busy > args.max_load:
+        # Measured on this 2-core VM: at load 10-16 an unchanged tree gave ratios up to 2.1x the quiet
+        # baseline, the CPU queue's doing, not the code's. Say so instead of blaming the change.
+        print(
+            f"P95 gate: NOT JUDGED: ratio {m['ratio']:.3f} is above the limit {limit:.3f}, but the host is too busy "
+            f"to tell (load {busy:.1f} per core > {args.max_load:g}; other processes inflate the gateway's P95 more "
+            "than the simulator's). Re-run on a quieter host.",
+            file=sys.stderr,
+        )
+        return 3
     if m["ratio"] > limit:
         print(
             f"P95 gate: FAIL: P95 through the gateway is {m['ratio']:.3f}x the simulator's, above the limit "
