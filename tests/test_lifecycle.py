@@ -263,3 +263,21 @@ def test_request_ids_are_unique_within_and_across_forked_workers():
     child = os.read(r, 100).decode()
     assert child not in ids and child[:20] != next(iter(ids))[:20]
     assert request_id("client-given-id") == "client-given-id"
+
+
+async def test_a_plain_request_whose_client_leaves_at_once_is_cancelled_too(gw, sim):
+    """The watch on a plain answer starts late (relay.LAZY_WATCH_SECONDS), but a client that left before it still
+    cancels the upstream request once it does."""
+    app, rec = gw
+    sim.configure("openai", latency_ms=3000)
+    ex = Exchange(chat())
+    task = asyncio.ensure_future(run(app, ex))
+    await asyncio.sleep(0.02)
+    ex.left.set()
+    await task
+    _, out = rec.one()
+    assert out.client_gone and ex.status is None
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and sim.stats()["providers"]["openai"]["in_flight"]:
+        await asyncio.sleep(0.05)
+    assert sim.stats()["providers"]["openai"]["in_flight"] == 0
