@@ -343,6 +343,8 @@ class GatewayProcess(ServerProcess):
             # Every request here repeats one prompt: with the response cache on (its default), all but
             # the first would be cache hits and no relaying would be measured.
             GATEWAY_CACHE="false",
+            # One key sends everything: the spec's 60 requests a minute would refuse all but the first 100.
+            RATE_LIMIT_ENABLED="false",
             LOG_LEVEL="WARNING",
             OPENAI_API_KEY="x",
             OPENAI_BASE_URL=self.sim_base + "/v1",
