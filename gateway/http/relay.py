@@ -28,10 +28,6 @@ log = logging.getLogger("gateway")
 INTERNAL = GatewayError(500, "The gateway failed to handle this request.", "api_error", None, "internal_error")
 
 
-class ClientGone(Exception):
-    """The client went away while its request was being read."""
-
-
 class Surface(Protocol):
     started: bool  # has any byte of the answer gone out?
 
@@ -130,8 +126,6 @@ class Relay:
                 watch.stop()
                 self._failed(outcome, surface, err)
                 await surface.error(err)
-            except ClientGone:
-                outcome.client_gone = True
             except asyncio.CancelledError:
                 if not watch.gone:
                     raise  # shutdown, or the server cancelled us: the finish hook still runs
