@@ -35,6 +35,7 @@ DASHBOARD = ROOT / "grafana" / "dashboards" / "ai-gateway-performance.json"
 CHAT = "/v1/chat/completions"
 MINI_PRICE = (1.0, 2.0)  # [pricing."gpt-4o-mini"] below: not the default, so the table is what counts
 WORKERS = 4
+LIMITED_KEY, LIMITED_NAME = "limited-key-789", "limited"  # [[keys]] below: a burst of 1 request, 1 a minute
 
 
 def _config(sim: SimulatorProcess, dead: int, redis_prefix: str) -> str:
@@ -43,6 +44,12 @@ def _config(sim: SimulatorProcess, dead: int, redis_prefix: str) -> str:
 [cache]
 embedder = "hash"
 redis_prefix = "{redis_prefix}"
+
+[[keys]]
+key = "{LIMITED_KEY}"
+name = "{LIMITED_NAME}"
+requests_per_minute = 1
+burst = 1
 
 [pricing."gpt-4o-mini"]
 input = {MINI_PRICE[0]}
@@ -97,6 +104,7 @@ class Mix:
         self.saved: Counter[str] = Counter()  # model -> USD the cached answers would have cost
         self.streams_from_provider = 0
         self.requests = 0
+        self.rate_limited = 0  # 429 rate_limit_exceeded answers, as the client saw them
 
     def send(self, url: str, model: str, prompt: str, stream: bool = False, key: str = API_KEY) -> None:
         body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
@@ -105,6 +113,9 @@ class Mix:
         status, headers, raw = _call(url + CHAT, body, key)
         self.requests += 1
         self.statuses[status] += 1
+        if status == 429:
+            assert orjson.loads(raw)["error"]["code"] == "rate_limit_exceeded", raw
+            self.rate_limited += 1
         x_cache = headers.get("x-cache")
         if x_cache:
             self.cache[x_cache] += 1
@@ -142,6 +153,8 @@ def _warm_up(url: str, mix: Mix) -> None:
     mix.send(url, "down", "warm-up down")
     mix.send(url, "gpt-4o-mini", "warm-up", key="wrong-key")
     mix.send(url, "no-such-model-anywhere", "warm-up")
+    for i in range(2):  # the limited key's one request, then a 429 (its series exists before the first scrape)
+        mix.send(url, "gpt-4o-mini", f"warm-up limited {i}", key=LIMITED_KEY)
 
 
 def _run_mix(url: str, mix: Mix) -> Mix:
@@ -163,6 +176,8 @@ def _run_mix(url: str, mix: Mix) -> Mix:
         mix.send(url, "gpt-4o-mini", "who am I", key="wrong-key")
     for _ in range(2):
         mix.send(url, "no-such-model-anywhere", "hello")
+    for i in range(4):  # its bucket (shared through Redis by the four workers) refills one a minute
+        mix.send(url, "gpt-4o-mini", f"limited again {i}", key=LIMITED_KEY)
     return mix
 
 
@@ -251,6 +266,8 @@ def stack(redis_url):
             config.write_text(_config(sim, free_port(), f"gwtest:{uuid.uuid4().hex[:10]}:"))
             env = simulator_env(sim.base_url) | {
                 "REDIS_URL": redis_url,
+                # Limits on, the test key's far above the mix; the [[keys]] entry's tiny limit refuses.
+                "RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_REQUESTS_PER_MINUTE": "100000", "RATE_LIMIT_BURST": "10000",
                 "GATEWAY_CONFIG": str(config), "LOG_LEVEL": "INFO", "GATEWAY_ACCESS_LOG": str(access),
             }
             with running_gateway(env, workers=WORKERS) as gw:
@@ -302,7 +319,8 @@ def test_scrape_adds_up_over_four_workers(stack):
     by_status = {int(s.labels["status"]): s.value for s in fams["http_requests"].samples
                  if s.labels["route"] == CHAT and s.name == "http_requests_total"}
     assert by_status == {k: float(v) for k, v in mix.statuses.items()}
-    assert set(mix.statuses) == {200, 401, 404, 502}
+    assert set(mix.statuses) == {200, 401, 404, 429, 502}
+    assert mix.rate_limited >= 4  # of the limited key's 6 requests, at most 1 + a minute's refill admitted
     assert _value(fams, "http_request_duration_seconds", "http_request_duration_seconds_count", route=CHAT) == mix.requests
 
     # Cache: lookups are hits + misses; hits by tier.
@@ -318,7 +336,12 @@ def test_scrape_adds_up_over_four_workers(stack):
                   provider="openai", model="gpt-4.1", error_type="provider") == mix.failed_attempts >= 3
     errors = {s.labels["error_type"]: s.value for s in fams["gateway_request_errors"].samples
               if s.name == "gateway_request_errors_total"}
-    assert errors == {"policy": 3.0, "client": 3.0, "provider": 2.0, "gateway": 0.0}
+    assert errors == {"policy": 3.0 + mix.rate_limited, "client": 3.0, "provider": 2.0, "gateway": 0.0}
+    # The limiter's refusals: by key name, exactly the 429s the clients saw, none for the other keys.
+    limited = {s.labels["key"]: s.value for s in fams["gateway_rate_limit_rejections"].samples
+               if s.name == "gateway_rate_limit_rejections_total"}
+    assert limited == {LIMITED_NAME: float(mix.rate_limited)}
+    assert by_status[429] == mix.rate_limited
 
     # Tokens as the providers reported them; streams' first token.
     for (provider, model, direction), n in mix.tokens.items():
