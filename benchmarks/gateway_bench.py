@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import shutil
@@ -562,6 +563,32 @@ def pair_stats(direct: list[dict], gateway: list[dict]) -> dict[str, Any]:
         "added": {p: statistics.median(v) for p, v in added.items()},
         "errors": sum(d["errors"] for d in direct) + sum(g["errors"] for g in gateway),
     }
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median of per-round values with their spread: quartiles, range, and the distribution-free 95 %
+    confidence interval of the median (order statistics k and n-k+1 of the binomial(n, 1/2) rule),
+    so a same-run ratio says whether it is resolved (the interval excludes 1.0) or not."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        return {"n": 0}
+    q = statistics.quantiles(xs, n=4, method="inclusive") if n > 1 else [xs[0]] * 3
+    k = 0  # largest k with P(Binomial(n, 1/2) < k) <= 2.5 %
+    while k < n // 2 and sum(math.comb(n, i) for i in range(k + 1)) / 2**n <= 0.025:
+        k += 1
+    ci = (xs[k - 1], xs[n - k]) if k >= 1 else (xs[0], xs[-1])
+    return {"n": n, "median": statistics.median(xs), "q1": q[0], "q3": q[2], "min": xs[0], "max": xs[-1],
+            "ci95": ci, "ci_exact": k >= 1}
+
+
+def fmt_spread(s: dict[str, Any], digits: int = 3) -> str:
+    if not s.get("n"):
+        return "no rounds"
+    f = f"{{:.{digits}f}}".format
+    ci = "" if s["ci_exact"] else " (too few rounds for a 95 % interval: range)"
+    return (f"median {f(s['median'])}, 95 % CI of the median {f(s['ci95'][0])}-{f(s['ci95'][1])}{ci}, "
+            f"IQR {f(s['q1'])}-{f(s['q3'])}, range {f(s['min'])}-{f(s['max'])}, {s['n']} rounds")
 
 
 # --- report ----------------------------------------------------------------------------------
