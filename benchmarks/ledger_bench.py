@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """The usage ledger's cost: non-streaming req/s with the ledger on (SQLite, PostgreSQL) vs off, in one run.
 
-    python benchmarks/ledger_bench.py [--duration 8] [--rounds 3] [--connections 50] [--pg-url URL] [--json out.json]
+    python benchmarks/ledger_bench.py [--rounds 20] [--duration 2] [--connections 50] [--pg-url URL] [--json out.json]
 
 All on 127.0.0.1, bounded in time, reusing benchmarks/gateway_bench.py's processes and wrk runner:
 the simulator (instant upstream) and wrk pinned to the load core, three ``gateway serve`` (one
 Granian worker each, cache off, pinned to the gateway core): ``DATABASE_URL=off``, a SQLite file
 in a temporary directory, and a throwaway database on the PostgreSQL of ``--pg-url``. wrk runs
-interleaved over rounds (A B C, C B A, ...) so each ratio is taken within one run on this shared
-host. Then it counts the ledger rows each database holds against the requests the gateway
+interleaved over many short rounds (A B C, C B A, ...) so each round's on/off ratio is taken
+within seconds on this shared host; the report is the median of the per-round ratios with its
+spread (quartiles, range, the distribution-free 95 % confidence interval of the median: the
+cost is resolved when that interval excludes 1.0), in req/s and in the worker's CPU time per
+request (utime + stime from /proc, less disturbed by other tenants). Then it counts the ledger rows each database holds against the requests the gateway
 answered (rows lost: goal 0), and measures the writer alone: rows/s of ``LedgerWriter`` into each
 database (50,000 rows, batches of 1,000).
 """
@@ -31,7 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gateway_bench import CHAT_LUA, GatewayProcess, check_chat, interleaved, log, run_wrk  # noqa: E402
+from benchmarks.gateway_bench import (  # noqa: E402
+    CHAT_LUA, GatewayProcess, check_chat, fmt_spread, interleaved, proc_ticks, run_wrk, spread,
+)
+
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 class LedgerGateway(GatewayProcess):
@@ -66,7 +73,7 @@ async def _writer_rate(url: str, n: int = 50_000) -> float:
     writer.start()
     today = dt.date.today()
     rows = [(f"bench-{i}", time.time(), today, "bench", "gpt-4o-mini", "openai", "openai:gpt-4o-mini", "rest", 200,
-             None, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, None, 1, None, None, False) for i in range(n)]
+             None, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, None, 1, None, None, False, False) for i in range(n)]
     t0 = time.perf_counter()
     for r in rows:
         writer.add(r)
@@ -97,12 +104,12 @@ async def _drop_pg_database(admin_url: str, url: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=2, help="seconds of each wrk run")
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--pg-url", default=os.environ.get("PG_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test"))
-    ap.add_argument("--gateway-cpu", type=int, default=0)
-    ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--gateway-cpu", type=int, default=1)
+    ap.add_argument("--load-cpu", type=int, default=0)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -124,12 +131,20 @@ def main(argv: list[str] | None = None) -> int:
         for label, url in (("off", "off"), ("sqlite", sqlite_url), ("postgres", pg_url)):
             gateways[label] = LedgerGateway(label, url, sim.base_url, args.gateway_cpu).start()
         targets = [(label, gw.url) for label, gw in gateways.items()]
+        pids = [pid for g in gateways.values() for pid in (g.proc.pid, *g.worker_pids())]
 
         def measure(label: str, url: str) -> dict:
-            return run_wrk(url, CHAT_LUA, args.connections, args.duration, args.load_cpu)
+            workers = gateways[label].worker_pids()
+            t0 = proc_ticks(workers)
+            r = run_wrk(url, CHAT_LUA, args.connections, args.duration, args.load_cpu)
+            r["cpu_us"] = (proc_ticks(workers) - t0) / TICK / r["requests"] * 1e6 if r["requests"] else None
+            return r
 
-        runs = interleaved("ledger", targets, measure,
-                           lambda label, url: run_wrk(url, CHAT_LUA, args.connections, 1, args.load_cpu), args.rounds)
+        def warm(label: str, url: str) -> None:
+            run_wrk(url, CHAT_LUA, args.connections, 2, args.load_cpu)
+
+        runs = interleaved("ledger", targets, measure, warm, args.rounds, args.gateway_cpu, lambda: pids)
+        load_end = os.getloadavg()
         for gw in gateways.values():
             gw.terminate()
         for gw in gateways.values():
@@ -143,16 +158,25 @@ def main(argv: list[str] | None = None) -> int:
         sim.stop()
         asyncio.run(_drop_pg_database(args.pg_url, pg_url.replace("+asyncpg", "")))
 
-    off = [r["rps"] for r in runs["off"]]
-    print(f"\nload average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (2-core host); "
-          f"{args.rounds} interleaved rounds of {args.duration} s, {args.connections} connections\n")
-    print("| ledger | req/s per round | median | vs off (median of per-round ratios) | errors |")
-    print("|---|---|---|---|---|")
+    print(f"\nload average (1/5/15 min) at start {' / '.join(f'{x:.2f}' for x in load)}, at end "
+          f"{' / '.join(f'{x:.2f}' for x in load_end)} ({os.cpu_count()} cores; gateways on core {args.gateway_cpu}, "
+          f"wrk + simulator on core {args.load_cpu}); {args.rounds} interleaved rounds of {args.duration} s, "
+          f"{args.connections} connections\n")
+    print("| ledger | req/s median (range) | CPU us/request median | errors |")
+    print("|---|---|---|---|")
     for label, rs in runs.items():
         rps = [r["rps"] for r in rs]
-        ratio = statistics.median(a / b for a, b in zip(rps, off))
-        print(f"| {label} | {', '.join(f'{x:,.0f}' for x in rps)} | {statistics.median(rps):,.0f} | {ratio:.3f} "
-              f"| {sum(r['errors'] for r in rs)} |")
+        cpu = [r["cpu_us"] for r in rs if r["cpu_us"]]
+        print(f"| {label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
+              f"{statistics.median(cpu):.0f} | {sum(r['errors'] for r in rs)} |")
+    ratios = {}
+    for label in ("sqlite", "postgres"):
+        ratios[label] = {
+            "rps": spread([a["rps"] / b["rps"] for a, b in zip(runs[label], runs["off"])]),
+            "cpu": spread([a["cpu_us"] / b["cpu_us"] for a, b in zip(runs[label], runs["off"]) if a["cpu_us"] and b["cpu_us"]]),
+        }
+        print(f"\n{label} / off req/s: {fmt_spread(ratios[label]['rps'])}")
+        print(f"{label} / off CPU per request: {fmt_spread(ratios[label]['cpu'])}")
     print()
     for label in ("sqlite", "postgres"):
         # wrk counts answers it read; rows cover those plus the warm-up second and the start-up check.
@@ -160,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(+ warm-up and start-up check); writer alone {writer[label]:,.0f} rows/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "rows": rows, "answered": answered, "writer": writer,
-                                               "load": load}, indent=1))
+                                               "ratios": ratios, "load": load, "load_end": load_end}, indent=1))
     return 0
 
 

@@ -66,6 +66,7 @@ def line(req, o, prices: Prices) -> dict:
         "cost_usd": 0.0 if cached else cost, "saved_usd": cost if cached else 0.0,
         "upstream_us": int(o.upstream_seconds * 1e6), "ttft_us": _us(o.first_chunk_seconds),
         "error_type": o.error_type, "error_code": o.error_code, "client_gone": o.client_gone,
+        "usage_estimated": o.usage_estimated,
     }
 
 

@@ -6,7 +6,7 @@ budget reserves its maximum cost: the prompt's estimated tokens plus its
 group's deployments. A reservation that would take the period's spent plus
 reserved amount past the budget is refused with a 429 ``budget_exceeded``.
 The finish hook settles the reservation to the real cost (0 for a cache hit;
-a cut stream: what the provider reported). So concurrent requests can never
+a cut stream: what the provider reported, else the gateway's estimate). So concurrent requests can never
 spend more than the budget, bar a request whose prompt was under-estimated.
 
 With REDIS_URL the amount lives in Redis, one key per (key name, period),
@@ -50,21 +50,6 @@ def period_of(period: str | None, now: dt.datetime | None = None) -> tuple[str, 
     return first.strftime("%Y-%m"), first
 
 
-def prompt_tokens_estimate(body: dict) -> int:
-    """About four characters a token (OpenAI's rule of thumb) plus the per-message framing."""
-    chars = 0
-    messages = body.get("messages") or ()
-    for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    chars += len(part["text"])
-    return chars // 4 + 4 * len(messages) + 3
-
-
 class Reservation:
     __slots__ = ("slot", "amount", "shared")
 
@@ -102,7 +87,7 @@ class Budgets:
     def max_cost(self, req) -> float:
         body = req.body
         completion = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
-        prompt = prompt_tokens_estimate(body)
+        prompt = req.prompt_tokens()  # the token limiter's figure, computed once
         models = [d.model for d in req.group.deployments] if req.group is not None else [req.model]
         return max(self.prices.cost(m, prompt, completion) for m in models)
 
@@ -169,8 +154,8 @@ class Budgets:
         d = outcome.deployment
         if outcome.from_cache or d is None:
             cost = 0.0
-        elif outcome.first_chunk_seconds is not None and outcome.completion_tokens == 0:
-            cost = r.amount  # a stream cut before the provider reported its usage: what was reserved, never $0
+        elif outcome.first_chunk_seconds is not None and not outcome.prompt_tokens and not outcome.completion_tokens:
+            cost = r.amount  # a stream that relayed something yet has no usage, not even estimated: never $0
         else:
             cost = self.prices.cost(d.model, outcome.prompt_tokens, outcome.completion_tokens)
         delta = cost - r.amount

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from gateway.errors import GatewayError
+from gateway.request import prompt_estimate
+from gateway.shapes import content_chars
 
 log = logging.getLogger("gateway")
 
@@ -290,7 +292,7 @@ class Limiter:
         _, _, req_rule, tok_rule, a, b = entry
         need = 0
         if tok_rule is not None:
-            need = reservation(req.body, settings.rate_limit_default_max_tokens)
+            need = reservation(req.body, settings.rate_limit_default_max_tokens, req.prompt_tokens())
             if need > tok_rule.burst:
                 raise GatewayError(
                     429, f"This request reserves {need} tokens, more than this key's token burst of {tok_rule.burst}. "
@@ -599,29 +601,18 @@ class StreamMeter:
     settles it at the end); the prompt's share was reserved at admission.
     """
 
-    __slots__ = ("limiter", "req", "chars", "prompt")
+    __slots__ = ("limiter", "req", "prompt")
 
     def __init__(self, limiter: Limiter, req) -> None:
         self.limiter = limiter
         self.req = req
-        self.chars = 0
-        self.prompt = prompt_estimate(req.body)
+        self.prompt = req.prompt_tokens()
 
     def __call__(self, batch: list[dict]) -> None:
-        chars = 0
-        for chunk in batch:
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta")
-                if delta:
-                    content = delta.get("content")
-                    if content:
-                        chars += len(content)
-                    for call in delta.get("tool_calls") or ():
-                        fn = call.get("function") or {}
-                        chars += len(fn.get("arguments") or "") + len(fn.get("name") or "")
+        chars = content_chars(batch)
         if chars:
-            self.chars += chars
             out = self.req.outcome
+            out.content_chars += chars  # the pipeline counts it here when a meter runs (else itself)
             over = self.used - out.reserved_tokens - out.charged_tokens
             if over > 0:
                 out.charged_tokens += over
@@ -631,29 +622,13 @@ class StreamMeter:
     @property
     def used(self) -> int:
         """Tokens so far by the estimate: the prompt's and the content's that has passed."""
-        return self.prompt + (self.chars + 3) // 4
+        return self.prompt + (self.req.outcome.content_chars + 3) // 4
 
 
-def prompt_estimate(body: dict) -> int:
-    """A fast upper-ish estimate of the prompt's tokens: 4 characters a token, plus 4 a message."""
-    chars = 0
-    messages = body.get("messages") or ()
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text")
-                if isinstance(text, str):
-                    chars += len(text)
-    return (chars + 3) // 4 + 4 * len(messages)
-
-
-def reservation(body: dict, default_max: int) -> int:
+def reservation(body: dict, default_max: int, prompt: int | None = None) -> int:
     """What admission reserves: the prompt estimate plus the most the answer may use."""
     most = body.get("max_completion_tokens") or body.get("max_tokens") or default_max
-    return prompt_estimate(body) + most * (body.get("n") or 1)
+    return (prompt_estimate(body) if prompt is None else prompt) + most * (body.get("n") or 1)
 
 
 def connect(url: str, cluster: bool, timeout: float = REDIS_TIMEOUT):

@@ -41,10 +41,35 @@ class ChatRequest:
     budget: Any = None  # the cost reserved against the key's budget at admission (gateway/budget.py), settled at finish
     meter: Any = None  # meter(batch) per streamed batch when a token limit applies (gateway/ratelimit.py)
     kind: str = "chat"  # "chat" | "embeddings" (gateway.embeddings): which adapter functions serve it
+    prompt_estimate: int = -1  # prompt_tokens()'s figure once computed
 
     def __post_init__(self) -> None:
         if self.outcome is None:
             self.outcome = Outcome(self.request_id, self.started)
+
+    def prompt_tokens(self) -> int:
+        """The prompt's estimated tokens, computed once per request: the token limiter's reservation,
+        the budget's and a stream cut before its usage all use this one figure."""
+        n = self.prompt_estimate
+        if n < 0:
+            n = self.prompt_estimate = prompt_estimate(self.body)
+        return n
+
+
+def prompt_estimate(body: dict) -> int:
+    """A fast upper-ish estimate of the prompt's tokens: 4 characters a token, plus 4 a message."""
+    chars = 0
+    messages = body.get("messages") or ()
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text")
+                if isinstance(text, str):
+                    chars += len(text)
+    return (chars + 3) // 4 + 4 * len(messages)
 
 
 def parse_json(raw: bytes) -> dict:

@@ -17,12 +17,12 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from gateway.budget import prompt_tokens_estimate
 from gateway.config import load_settings
 from gateway.db import SchemaBehind, check_schema, create_engine, upgrade
 from gateway.db.schema import api_keys, usage, usage_daily
 from gateway.http.asgi import Gateway
 from gateway.pricing import Prices
+from gateway.request import prompt_estimate
 from tests.harness import ADMIN_KEY, API_KEY, simulator_env
 from tests.test_lifecycle import Exchange, _reset, chat, scope, sim  # noqa: F401 - fixtures: the simulator, reset per test
 
@@ -198,6 +198,29 @@ async def test_an_expired_key_is_refused(running):
 # --- the ledger ----------------------------------------------------------------------------
 
 
+async def cut_by_provider(sim, provider: str, sending) -> Exchange:
+    """A stream of ``provider`` that the simulator drops after 0.5 s (every connection refused)."""
+    sim.configure(provider, tokens_per_second=20, response_tokens=200)
+    task = asyncio.ensure_future(sending)
+    await asyncio.sleep(0.5)
+    sim.configure("*", mode="refuse")
+    try:
+        return await task
+    finally:
+        sim.reset()
+
+
+async def client_leaves(gw, sim) -> Exchange:
+    """An OpenAI stream whose client goes away after 0.4 s."""
+    sim.configure("openai", tokens_per_second=10, response_tokens=100)
+    ex = Exchange(chat(stream=True))
+    task = asyncio.ensure_future(call(gw, ex=ex))
+    await asyncio.sleep(0.4)
+    ex.left.set()
+    await task
+    return ex
+
+
 async def test_one_row_per_request_on_every_path(sim, db_url):
     r = Running(sim, db_url)
     try:
@@ -224,19 +247,9 @@ async def test_one_row_per_request_on_every_path(sim, db_url):
         provider_error = await send(gw, chat())
         sim.reset()
         # A stream the provider cuts after the headers (Anthropic reports usage as it goes).
-        sim.configure("anthropic", tokens_per_second=20, response_tokens=200)
-        task = asyncio.ensure_future(send(gw, chat("claude-3-5-haiku-latest", stream=True)))
-        await asyncio.sleep(0.5)
-        sim.configure("*", mode="refuse")
-        cut = await task
-        sim.reset()
+        cut = await cut_by_provider(sim, "anthropic", send(gw, chat("claude-3-5-haiku-latest", stream=True)))
         # A client that leaves mid-stream.
-        sim.configure("openai", tokens_per_second=10, response_tokens=100)
-        ex = Exchange(chat(stream=True))
-        task = asyncio.ensure_future(call(gw, ex=ex))
-        await asyncio.sleep(0.4)
-        ex.left.set()
-        await task
+        ex = await client_leaves(gw, sim)
         seen[ex.headers["x-request-id"]] = ex
         for app in r.apps:
             assert await app.accounting.writer.flush(5)
@@ -262,6 +275,49 @@ async def test_one_row_per_request_on_every_path(sim, db_url):
 
         daily = await select(db_url, sa.select(sa.func.sum(usage_daily.c.requests)))
         assert list(daily[0].values())[0] == len(seen)
+    finally:
+        await r.close()
+
+
+def _relayed_chars(sse: bytes) -> int:
+    """Characters of content the client received in an SSE answer."""
+    n = 0
+    for line in sse.split(b"\n"):
+        if line.startswith(b"data: {"):
+            for choice in orjson.loads(line[6:]).get("choices") or ():
+                n += len((choice.get("delta") or {}).get("content") or "")
+    return n
+
+
+async def test_a_cut_openai_stream_is_priced_from_an_estimate(sim, db_url):
+    """OpenAI reports a stream's usage in its last chunk: a stream cut before it (the provider drops the
+    connection, or the client leaves) is logged with estimated tokens and their cost, marked so, never $0."""
+    r = Running(sim, db_url)
+    try:
+        gw = await r.add()
+        body = orjson.loads(chat(stream=True))
+        whole = await call(gw, chat(stream=True))  # a complete stream: the provider's own usage
+        provider_cut = await cut_by_provider(sim, "openai", call(gw, chat(stream=True)))
+        left = await client_leaves(gw, sim)
+        assert await gw.accounting.writer.flush(5)
+
+        one = {rid: v[0] for rid, v in (await ledger(db_url)).items()}
+        row = one[whole.headers["x-request-id"]]
+        assert not row["usage_estimated"] and row["completion_tokens"] > 0
+        prices = Prices()
+        for ex, gone in ((provider_cut, False), (left, True)):
+            row = one[ex.headers["x-request-id"]]
+            relayed = _relayed_chars(ex.text)
+            assert relayed > 0 and b'"usage"' not in ex.text  # content went out, no usage ever came
+            assert row["usage_estimated"] and row["client_gone"] is gone and row["provider"] == "openai"
+            assert row["prompt_tokens"] == prompt_estimate(body)
+            assert row["completion_tokens"] == (relayed + 3) // 4 > 0
+            assert row["cost_usd"] == pytest.approx(prices.cost("gpt-4o-mini", row["prompt_tokens"], row["completion_tokens"]))
+            assert row["cost_usd"] > 0
+        assert one[provider_cut.headers["x-request-id"]]["error_type"] == "provider"
+        daily = await select(db_url, sa.select(sa.func.sum(usage_daily.c.completion_tokens)))
+        assert list(daily[0].values())[0] == sum(one[ex.headers["x-request-id"]]["completion_tokens"]
+                                                  for ex in (whole, provider_cut, left))  # the roll-up counts them too
     finally:
         await r.close()
 
@@ -301,7 +357,7 @@ async def test_usage_reports_read_the_ledger(running):
 
 
 def _one_request_max(body: dict, model: str = "gpt-4o-mini") -> float:
-    return Prices().cost(model, prompt_tokens_estimate(body), body["max_tokens"])
+    return Prices().cost(model, prompt_estimate(body), body["max_tokens"])
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -61,6 +61,8 @@ usage = sa.Table(
     sa.Column("error_type", sa.String(16)),
     sa.Column("error_code", sa.String(64)),
     sa.Column("client_gone", sa.Boolean, nullable=False),
+    # No usage arrived (a stream cut before it): the tokens and cost are the gateway's estimate (migration 0002).
+    sa.Column("usage_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_usage_day_key", "day", "key_name"),
 )
 

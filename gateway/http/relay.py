@@ -140,6 +140,8 @@ class Relay:
                 await surface.error(INTERNAL)
         finally:
             watch.stop()
+            if req is not None and req.stream and not outcome.completion_tokens:
+                outcome.estimate_usage(req.prompt_tokens())  # cut before its usage: estimated, never $0
             self.finish.run(req, outcome)
 
     @staticmethod

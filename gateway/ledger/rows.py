@@ -12,7 +12,7 @@ _UTC = dt.timezone.utc
 COLUMNS = (
     "request_id", "ts", "day", "key_name", "model", "provider", "deployment", "surface", "status", "cache",
     "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "latency_ms", "upstream_ms", "overhead_ms",
-    "first_chunk_ms", "attempts", "error_type", "error_code", "client_gone",
+    "first_chunk_ms", "attempts", "error_type", "error_code", "client_gone", "usage_estimated",
 )
 
 
@@ -39,7 +39,8 @@ class Recorder:
         now = time()
         d = outcome.deployment
         upstream_model = d.model if d is not None and not outcome.from_cache else outcome.model
-        # A cache hit cost nothing upstream; a cut stream costs what the provider reported before the cut.
+        # A cache hit cost nothing upstream; a cut stream costs what the provider reported before the cut,
+        # or, when it reported nothing (OpenAI's usage comes last), the estimate (``usage_estimated``).
         cost = 0.0 if outcome.from_cache else self.prices.cost(upstream_model, outcome.prompt_tokens, outcome.completion_tokens)
         latency = outcome.finished - outcome.started
         first = outcome.first_chunk_seconds
@@ -50,5 +51,5 @@ class Recorder:
             outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens, cost,
             latency * 1000.0, outcome.upstream_seconds * 1000.0, (latency - outcome.upstream_seconds) * 1000.0,
             None if first is None else first * 1000.0,
-            outcome.attempts, outcome.error_type, outcome.error_code, outcome.client_gone,
+            outcome.attempts, outcome.error_type, outcome.error_code, outcome.client_gone, outcome.usage_estimated,
         ))

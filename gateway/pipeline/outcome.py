@@ -60,6 +60,8 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    usage_estimated: bool = False  # no usage arrived (a cut stream): the tokens above are the gateway's estimate
+    content_chars: int = 0  # characters of answer relayed from a provider's stream (the estimate's source)
     # Limits (gateway/ratelimit.py): the state after admission, for the x-ratelimit-* headers.
     limit_requests: Any = None  # ratelimit.State, or None when no request limit ran
     limit_tokens: Any = None  # ratelimit.State when a token limit applies
@@ -91,6 +93,16 @@ class Outcome:
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if type(details) is dict else None
         self.cached_tokens = cached if type(cached) is int else 0
+
+    def estimate_usage(self, prompt_tokens: int) -> None:
+        """A provider stream that relayed something but never reported its usage (the client left, or
+        the provider cut it before OpenAI's final usage chunk): never 0 tokens / $0. The prompt's
+        estimate (the limiter's and the budget's) and the relayed content at 4 characters a token."""
+        if self.prompt_tokens or self.completion_tokens or self.first_chunk_seconds is None or self.from_cache:
+            return
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = (self.content_chars + 3) // 4
+        self.usage_estimated = True
 
     @property
     def from_cache(self) -> bool:

@@ -16,6 +16,7 @@ from typing import AsyncIterator
 from gateway.cache import Cache, replay_chunks
 from gateway import shapes
 from gateway.request import ChatRequest
+from gateway.shapes import content_chars
 from gateway.routing.router import Router
 from gateway.upstream import UpstreamStream
 
@@ -59,7 +60,9 @@ class Pipeline:
         upstream stream (to close, even if the rest is never iterated)."""
         first, rest, upstream_stream = await self.router.stream(req, req.group)
         if req.meter is not None:
-            req.meter(first)
+            req.meter(first)  # counts the content into the outcome too
+        else:
+            req.outcome.content_chars += content_chars(first)
         collector = _Collector() if self.cache is not None and not req.outcome.rerouted else None
         if collector is not None:
             collector.add(first)
@@ -68,16 +71,19 @@ class Pipeline:
     async def _rest(self, req: ChatRequest, rest: Batches, s: UpstreamStream, collector: "_Collector | None") -> Batches:
         state = s.state
         meter = req.meter  # token limits count a stream while it runs, not only when it ends
+        out = req.outcome
         try:
             async for batch in rest:
                 if meter is not None:
                     meter(batch)
+                else:
+                    out.content_chars += content_chars(batch)  # a cut stream's usage is estimated from it
                 if collector is not None:
                     collector.add(batch)
                 yield batch
         finally:
             # Even a cut stream counts what the provider reported so far.
-            req.outcome.add_usage(state.usage)
+            out.add_usage(state.usage)
         if collector is not None:
             completion = collector.completion(state)
             if completion is not None:
