@@ -29,7 +29,15 @@ class Accounting:
         self.recorder = Recorder(self.writer, settings.prices)
         self.store = KeyStore(self.engine)
         self.keys = KeyCache(self.store, settings.key_refresh_seconds, settings.redis_url, REDIS_PREFIX)
-        self.budgets = Budgets(settings.prices, self.engine, settings.redis_url, REDIS_PREFIX)
+        self.budgets = Budgets(
+            settings.prices, self.engine, settings.redis_url, REDIS_PREFIX, keys=lambda: self.keys.by_hash.values(),
+            reconcile_seconds=settings.budget_reconcile_seconds, healthy=self._ledger_current,
+        )
+
+    def _ledger_current(self) -> bool:
+        """This worker's ledger is written up to its last batch (a reconciliation pass then counts it all)."""
+        w = self.writer
+        return w.last_error is None and len(w.buffer) < w.batch
 
     def install(self, admission, finish) -> None:
         admission.virtual_keys = self.keys
@@ -48,9 +56,11 @@ class Accounting:
             log.error("database unreachable at start (%s): ledger rows buffer, virtual keys load when it answers", exc)
             self.writer.start()
             await self.keys.start(load=False)
+            self.budgets.start()
             return
         self.writer.start()
         await self.keys.start()
+        self.budgets.start()
 
     async def close(self) -> None:
         await self.writer.close()
@@ -62,5 +72,6 @@ class Accounting:
         return {
             "ledger": self.writer.stats(),
             "keys": {"cached": len(self.keys.by_hash), "refreshes": self.keys.refreshes, "refresh_errors": self.keys.errors},
-            "budgets": {"refused": self.budgets.refused, "redis_errors": self.budgets.redis_errors},
+            "budgets": {"refused": self.budgets.refused, "redis_errors": self.budgets.redis_errors,
+                        "reconciles": self.budgets.reconciles, "corrections": self.budgets.corrections},
         }

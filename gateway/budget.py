@@ -14,6 +14,19 @@ checked and added in one Lua script, so every worker and instance shares it;
 it is seeded from the ledger's roll-ups when absent (a new period, a flushed
 Redis). Without Redis, or while Redis is unreachable, each worker keeps its
 own amount, seeded the same way.
+
+Each shared reservation is also held in a Redis hash (request id → amount and
+the time by which its request must have ended) until it is settled, so the
+shared amount is always explainable as the ledger's spend plus the held
+reservations. ``reconcile`` (every ``GATEWAY_BUDGET_RECONCILE_SECONDS``, by
+whichever worker of whichever instance holds the Redis lease of that
+interval) recomputes each budget key's period spend from the roll-ups, drops
+reservations held past their request's end (a worker that died before it
+settled), and corrects the shared amount when it drifts from ledger + held by
+more than 1 % of the budget (Redis restarted or flushed, a lost settle, a
+corrupted value). The ledger lags the settles by the writers' batching
+(~250 ms), which that tolerance absorbs; a pass is skipped while this worker's
+ledger writes fail.
 """
 
 from __future__ import annotations
@@ -21,6 +34,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import socket
+import time
+from typing import Callable, Iterable
 
 import sqlalchemy as sa
 
@@ -32,12 +49,55 @@ log = logging.getLogger("gateway.budget")
 DEFAULT_MAX_TOKENS = 4096  # the completion a request without max_tokens may run to, for its reservation
 _TTL = {"day": 2 * 86_400, "month": 32 * 86_400}
 
-# KEYS[1]: spent+reserved; ARGV: amount, budget, ttl. Returns {admitted, amount after} (strings: Lua floats).
+HELD_GRACE = 60.0  # seconds past a request's deadline before its unsettled reservation counts as lost
+RECONCILE_TOLERANCE = 0.01  # of the budget: drift below this is the ledger's batching lag, left alone
+
+# KEYS[1]: spent+reserved, KEYS[2]: held reservations; ARGV: amount, budget, ttl, request id, held until.
+# Returns {admitted, amount after} (strings: Lua floats).
 _RESERVE = """
 local spent = redis.call('GET', KEYS[1])
 if not spent then return {-1, '0'} end
 if tonumber(spent) + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, spent} end
-return {1, redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])}
+local total = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[1] .. ' ' .. ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {1, total}
+"""
+
+# KEYS[1], KEYS[2] as above; ARGV: cost - reserved, request id. A counter that vanished (flushed) is not
+# recreated from a bare delta: the next reservation seeds it from the ledger.
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]) end
+redis.call('HDEL', KEYS[2], ARGV[2])
+"""
+
+# KEYS[1], KEYS[2] as above; ARGV: the ledger's spend, now (epoch s), tolerance (USD), ttl.
+# Returns {amount before or false, ledger + live held, corrected 0/1, stale reservations dropped}.
+_RECONCILE = """
+local live, stale = 0, 0
+local held = redis.call('HGETALL', KEYS[2])
+for i = 1, #held, 2 do
+  local amount, expiry = string.match(held[i + 1], '(%S+) (%S+)')
+  if tonumber(expiry) < tonumber(ARGV[2]) then
+    redis.call('HDEL', KEYS[2], held[i])
+    stale = stale + 1
+  else
+    live = live + tonumber(amount)
+  end
+end
+local target = tonumber(ARGV[1]) + live
+local have = redis.call('GET', KEYS[1])
+if not have then
+  redis.call('SET', KEYS[1], string.format('%.17g', target), 'EX', ARGV[4])
+  return {false, string.format('%.17g', target), 1, stale}
+end
+if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end  -- a bare SET lost it
+local drift = tonumber(have) - target
+if math.abs(drift) > tonumber(ARGV[3]) then
+  redis.call('INCRBYFLOAT', KEYS[1], string.format('%.17g', -drift))
+  return {have, string.format('%.17g', target), 1, stale}
+end
+return {have, string.format('%.17g', target), 0, stale}
 """
 
 
@@ -51,22 +111,30 @@ def period_of(period: str | None, now: dt.datetime | None = None) -> tuple[str, 
 
 
 class Reservation:
-    __slots__ = ("slot", "amount", "shared")
+    __slots__ = ("slot", "amount", "shared", "request_id")
 
-    def __init__(self, slot: str, amount: float, shared: bool) -> None:
+    def __init__(self, slot: str, amount: float, shared: bool, request_id: str = "") -> None:
         self.slot = slot
         self.amount = amount
         self.shared = shared  # held in Redis (else in this worker's ``local``)
+        self.request_id = request_id  # its field in the slot's hash of held reservations
 
 
 class Budgets:
-    def __init__(self, prices, engine, redis_url: str | None = None, prefix: str = "gw:") -> None:
+    def __init__(self, prices, engine, redis_url: str | None = None, prefix: str = "gw:",
+                 keys: Callable[[], Iterable] = tuple, reconcile_seconds: float = 0.0, healthy: Callable[[], bool] = bool) -> None:
         self.prices = prices
         self.engine = engine
         self.prefix = prefix + "budget:"
         self.local: dict[str, float] = {}  # slot → spent + reserved, when not shared through Redis
         self.refused = 0
         self.redis_errors = 0
+        self.keys = keys  # the keys that may have a budget (the virtual keys this worker serves)
+        self.reconcile_seconds = reconcile_seconds  # 0: no periodic reconciliation
+        self.healthy = healthy  # whether this worker's ledger writes succeed (else a pass would under-count)
+        self.reconciles = 0  # passes this worker ran (it held the lease)
+        self.corrections = 0  # shared amounts it corrected
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._redis = None
         self._script = None
         if redis_url:
@@ -74,7 +142,10 @@ class Budgets:
 
             self._redis = redis.from_url(redis_url)
             self._script = self._redis.register_script(_RESERVE)
+            self._settle = self._redis.register_script(_SETTLE)
+            self._reconcile = self._redis.register_script(_RECONCILE)
         self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
 
     # --- admission ---------------------------------------------------------------------
 
@@ -97,7 +168,7 @@ class Budgets:
         amount = self.max_cost(req)
         if self._redis is not None:
             try:
-                admitted, total = await self._reserve_shared(slot, amount, key, first_day)
+                admitted, total = await self._reserve_shared(slot, amount, key, first_day, req)
             except Exception as exc:  # noqa: BLE001 - Redis away: this worker's own count, not an outage
                 self.redis_errors += 1
                 if self.redis_errors == 1 or self.redis_errors % 1000 == 0:
@@ -105,7 +176,7 @@ class Budgets:
             else:
                 if not admitted:
                     self._refuse(key, total, label)
-                req.budget = Reservation(slot, amount, True)
+                req.budget = Reservation(slot, amount, True, req.request_id)
                 return
         spent = self.local.get(slot)
         if spent is None:
@@ -116,14 +187,16 @@ class Budgets:
         self.local[slot] = spent + amount
         req.budget = Reservation(slot, amount, False)
 
-    async def _reserve_shared(self, slot: str, amount: float, key, first_day: dt.date) -> tuple[bool, float]:
+    async def _reserve_shared(self, slot: str, amount: float, key, first_day: dt.date, req) -> tuple[bool, float]:
         rkey = self.prefix + slot
-        args = (repr(amount), repr(key.budget_usd), _TTL[key.budget_period or "month"])
-        admitted, total = await self._script(keys=[rkey], args=args)
+        until = time.time() + max(0.0, req.deadline - asyncio.get_running_loop().time()) + HELD_GRACE
+        args = (repr(amount), repr(key.budget_usd), _TTL[key.budget_period or "month"], req.request_id, repr(until))
+        keys = [rkey, rkey + ":held"]
+        admitted, total = await self._script(keys=keys, args=args)
         if admitted == -1:  # a new period or a flushed Redis: start from what the ledger has
             spent = await self._ledger_spent(key.name, first_day)
             await self._redis.set(rkey, repr(spent), ex=_TTL[key.budget_period or "month"], nx=True)
-            admitted, total = await self._script(keys=[rkey], args=args)
+            admitted, total = await self._script(keys=keys, args=args)
         return admitted == 1, float(total)
 
     async def _ledger_spent(self, name: str, since: dt.date) -> float:
@@ -160,20 +233,85 @@ class Budgets:
             cost = self.prices.cost(d.model, outcome.prompt_tokens, outcome.completion_tokens)
         delta = cost - r.amount
         if r.shared:
-            task = asyncio.get_running_loop().create_task(self._settle_shared(r.slot, delta))
+            task = asyncio.get_running_loop().create_task(self._settle_shared(r.slot, delta, r.request_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
             self.local[r.slot] = self.local.get(r.slot, 0.0) + delta
 
-    async def _settle_shared(self, slot: str, delta: float) -> None:
+    async def _settle_shared(self, slot: str, delta: float, request_id: str) -> None:
+        rkey = self.prefix + slot
         try:
-            await self._redis.incrbyfloat(self.prefix + slot, delta)
+            await self._settle(keys=[rkey, rkey + ":held"], args=(repr(delta), request_id))
         except Exception as exc:  # noqa: BLE001 - the reservation stays counted: errs on the refusing side
             self.redis_errors += 1
             log.warning("budget: could not settle %s by %+.6f on Redis: %s", slot, delta, exc)
 
+    # --- reconciliation with the ledger -------------------------------------------------
+
+    def start(self) -> None:
+        """The periodic pass, with Redis and a non-zero interval (each worker tries; the lease picks one)."""
+        if self._redis is not None and self.reconcile_seconds > 0:
+            self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop(), name="budget-reconcile")
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_seconds)
+            try:
+                await self.reconcile()
+            except Exception as exc:  # noqa: BLE001 - Redis or the database away: the next pass tries again
+                log.warning("budget: reconciliation with the ledger failed: %s", exc)
+
+    async def reconcile(self, lease: bool = True) -> list[dict] | None:
+        """One pass, if this worker takes the interval's lease (``lease=False``: regardless); None when it
+        did not run, else what it found per budget key (the slot, Redis's amount before, ledger + held)."""
+        if self._redis is None or not self.healthy():
+            return None
+        if lease:
+            ms = max(1, int(self.reconcile_seconds * 1000 * 0.9)) if self.reconcile_seconds > 0 else 1000
+            if not await self._redis.set(self.prefix + "reconcile-lease", self.worker, px=ms, nx=True):
+                return None  # another worker or instance has this interval's pass
+        budgeted = [k for k in self.keys() if getattr(k, "budget_usd", None) is not None]
+        spent = await self._ledger_spent_all(budgeted)
+        now = time.time()
+        found = []
+        for key in budgeted:
+            label, _ = period_of(key.budget_period)
+            slot = f"{key.name}:{label}"
+            rkey = self.prefix + slot
+            ledger = spent.get(key.name, 0.0)
+            have, target, corrected, stale = await self._reconcile(
+                keys=[rkey, rkey + ":held"],
+                args=(repr(ledger), repr(now), repr(key.budget_usd * RECONCILE_TOLERANCE), _TTL[key.budget_period or "month"]))
+            row = {"slot": slot, "redis": None if have is None else float(have), "ledger": ledger,
+                   "expected": float(target), "corrected": bool(corrected), "stale_reservations": int(stale)}
+            if corrected:
+                self.corrections += 1
+                log.warning("budget: %s: Redis had %s, ledger + held reservations $%.6f: corrected (%d stale dropped)",
+                            slot, "nothing" if have is None else f"${float(have):.6f}", float(target), int(stale))
+            found.append(row)
+        self.reconciles += 1
+        return found
+
+    async def _ledger_spent_all(self, keys: list) -> dict[str, float]:
+        """Each key's spend in its current period, from the roll-ups, in one query."""
+        if not keys:
+            return {}
+        firsts = {k.name: period_of(k.budget_period)[1] for k in keys}
+        q = (sa.select(usage_daily.c.key_name, usage_daily.c.day, sa.func.sum(usage_daily.c.cost_usd))
+             .where(usage_daily.c.key_name.in_(list(firsts)), usage_daily.c.day >= min(firsts.values()))
+             .group_by(usage_daily.c.key_name, usage_daily.c.day))
+        out: dict[str, float] = {}
+        async with self.engine.connect() as conn:
+            for name, day, cost in (await conn.execute(q)).all():
+                if day >= firsts[name]:
+                    out[name] = out.get(name, 0.0) + float(cost)
+        return out
+
     async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._redis is not None:

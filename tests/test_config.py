@@ -17,6 +17,8 @@ BAD_ENV = [
     ("WORKER_PROCESSES", "0", "WORKER_PROCESSES"),
     ("WORKER_PROCESSES", "two", "WORKER_PROCESSES"),
     ("WORKER_CONNECTIONS", "-5", "WORKER_CONNECTIONS"),
+    ("GATEWAY_BUDGET_RECONCILE_SECONDS", "-1", "GATEWAY_BUDGET_RECONCILE_SECONDS"),
+    ("GATEWAY_BUDGET_RECONCILE_SECONDS", "hourly", "GATEWAY_BUDGET_RECONCILE_SECONDS"),
     ("REQUEST_TIMEOUT_SECONDS", "0", "REQUEST_TIMEOUT_SECONDS"),
     ("REQUEST_TIMEOUT_SECONDS", "nan", "REQUEST_TIMEOUT_SECONDS"),
     ("KEEPALIVE_TIMEOUT", "1.5", "KEEPALIVE_TIMEOUT"),
@@ -48,7 +50,8 @@ def test_bad_env_value_raises_naming_it(name: str, value: str, named: str) -> No
 
 @pytest.mark.parametrize(
     "name,value",
-    [("SEMANTIC_THRESHOLD", "2"), ("WORKER_PROCESSES", "0"), ("API_URL", "nope"), ("REDIS_URL", "ftp://x")],
+    [("SEMANTIC_THRESHOLD", "2"), ("WORKER_PROCESSES", "0"), ("API_URL", "nope"), ("REDIS_URL", "ftp://x"),
+     ("GATEWAY_BUDGET_RECONCILE_SECONDS", "-1")],
 )
 @pytest.mark.parametrize("command", ["serve", "check-config"])
 def test_cli_exits_2_with_one_line(name: str, value: str, command: str) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import subprocess
 import sys
 import time
+import uuid
 
 import orjson
 import pytest
@@ -390,6 +391,87 @@ async def test_budget_race(sim, db_url, redis_url, workers):
               f"spent ${spent[0]['usd']:.6f} of ${10 * one:.6f} ({spent[0]['usd'] / (10 * one):.1%}); one request's max ${one:.6f}")
         assert 0 < spent[0]["usd"] <= 10 * one + one
     finally:
+        await r.close()
+
+
+async def test_reconciliation_restores_redis_spend_from_the_ledger(sim, db_url, redis_url):
+    """Redis's shared spend deleted, zeroed, inflated, or holding a reservation nobody will settle: a
+    reconciliation pass puts it back to the ledger's spend plus the live reservations; one worker per
+    interval does it (the lease); with an interval set, the workers do it by themselves."""
+    import redis.asyncio as aioredis
+
+    from gateway.budget import period_of
+
+    r = Running(sim, db_url, REDIS_URL=redis_url, GATEWAY_BUDGET_RECONCILE_SECONDS="0")
+    red = aioredis.from_url(redis_url)
+    try:
+        a, b = await r.add(), await r.add()
+        name = "reconcile-" + uuid.uuid4().hex[:8]
+        # $0.002: four requests spend ~$0.00005, above the 1 % of the budget that a pass leaves alone.
+        ex = await call(a, orjson.dumps({"name": name, "budget_usd": 0.002, "budget_period": "day"}), key=ADMIN_KEY, path="/admin/keys")
+        secret = orjson.loads(ex.text)["key"]
+        await b.accounting.keys.refresh()
+        for i in range(4):
+            assert (await call((a, b)[i % 2], chat(max_tokens=20), key=secret)).status == 200
+        for app in (a, b):
+            assert await app.accounting.writer.flush(5)
+            await asyncio.gather(*app.accounting.budgets._tasks)  # the settles reached Redis
+        slot = f"{name}:{period_of('day')[0]}"
+        counter, held = f"gw:budget:{slot}", f"gw:budget:{slot}:held"
+        spent = (await select(db_url, sa.select(sa.func.sum(usage.c.cost_usd).label("usd")).where(usage.c.key_name == name)))[0]["usd"]
+        assert spent > 0 and await red.hlen(held) == 0  # every reservation settled
+        assert float(await red.get(counter)) == pytest.approx(spent, rel=1e-9)
+
+        async def reconciled(app=a) -> dict:
+            found = await app.accounting.budgets.reconcile(lease=False)
+            return next(x for x in found if x["slot"] == slot)
+
+        row = await reconciled()
+        assert not row["corrected"] and row["ledger"] == pytest.approx(spent, rel=1e-9)
+        for broken in (None, "0", "1.0", "-3"):  # flushed, lost spend, inflated, corrupted
+            if broken is None:
+                await red.delete(counter)
+            else:
+                await red.set(counter, broken)
+            row = await reconciled()
+            assert row["corrected"] and row["redis"] == (None if broken is None else float(broken))
+            assert float(await red.get(counter)) == pytest.approx(spent, rel=1e-9)
+        assert await red.ttl(counter) > 0
+
+        # A worker died before settling (its reservation's request long over), another request is in flight.
+        await red.hset(held, mapping={"req-dead": f"0.0004 {time.time() - 1}", "req-live": f"0.0002 {time.time() + 600}"})
+        await red.incrbyfloat(counter, 0.0006)
+        row = await reconciled(b)
+        assert row["corrected"] and row["stale_reservations"] == 1 and row["expected"] == pytest.approx(spent + 0.0002)
+        assert float(await red.get(counter)) == pytest.approx(spent + 0.0002, rel=1e-9)
+        assert list(await red.hkeys(held)) == [b"req-live"]
+        await red.hdel(held, "req-live")
+        await red.incrbyfloat(counter, -0.0002)
+        row = await reconciled()
+        assert not row["corrected"]  # within 1 % of the budget: the ledger's batching lag, left alone
+
+        # The lease: of two workers asking in the same interval, one runs the pass.
+        await red.delete("gw:budget:reconcile-lease")
+        assert await a.accounting.budgets.reconcile() is not None
+        assert await b.accounting.budgets.reconcile() is None
+
+        # Periodic: both workers try every 0.3 s, the lease lets one a time; the deleted counter comes back.
+        manual = sum(app.accounting.budgets.reconciles for app in (a, b))
+        t0 = time.monotonic()
+        for app in (a, b):
+            app.accounting.budgets.reconcile_seconds = 0.3
+            app.accounting.budgets.start()
+        await red.delete(counter)
+        deadline = time.monotonic() + 5
+        while (value := await red.get(counter)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert value is not None and float(value) == pytest.approx(spent, rel=1e-9)
+        await asyncio.sleep(1.2)
+        runs = sum(app.accounting.budgets.reconciles for app in (a, b)) - manual
+        intervals = (time.monotonic() - t0) / 0.3
+        assert 2 <= runs <= intervals + 1, (runs, intervals)  # one pass an interval, not one per worker
+    finally:
+        await red.aclose()
         await r.close()
 
 

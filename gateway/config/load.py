@@ -55,6 +55,7 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "DATABASE_URL": ("database_url", database_url),
     "GATEWAY_LEDGER_BUFFER_ROWS": ("ledger_buffer_rows", lambda n, v: integer(n, v, 100, 10**8)),
     "GATEWAY_KEY_REFRESH_SECONDS": ("key_refresh_seconds", lambda n, v: number(n, v, 0, 3600, lo_open=True)),
+    "GATEWAY_BUDGET_RECONCILE_SECONDS": ("budget_reconcile_seconds", lambda n, v: number(n, v, 0, 86_400)),
     "DATABASE_POOL_SIZE": ("database_pool_size", lambda n, v: integer(n, v, 1, 10_000)),
     "DATABASE_MAX_OVERFLOW": ("database_max_overflow", lambda n, v: integer(n, v, 0, 10_000)),
     "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", lambda n, v: number(n, v, 0, 3600, lo_open=True)),

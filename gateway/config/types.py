@@ -120,6 +120,7 @@ class Settings:
     database_pool_timeout: float = 30.0
     ledger_buffer_rows: int = 100_000  # usage rows held while the database is down; beyond: counted and logged
     key_refresh_seconds: float = 5.0  # how stale a worker's copy of the virtual keys may get without Redis
+    budget_reconcile_seconds: float = 60.0  # Redis's shared budget spend checked against the ledger; 0: never
     prices: Any = None  # gateway.pricing.Prices: the defaults with the TOML [pricing] table on top
     # Keys
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
