@@ -582,6 +582,18 @@ def spread(values: list[float]) -> dict[str, Any]:
             "ci95": ci, "ci_exact": k >= 1}
 
 
+def ratio_spreads(num: list[dict], den: list[dict], field: str, max_foreign: float | None) -> dict[str, dict]:
+    """Per-round ``num[field] / den[field]`` over all rounds, and over the quiet ones only: rounds where
+    neither run saw more than ``max_foreign`` % of the gateway core used by other processes
+    (``interleaved``'s ``foreign_cpu_pct``; this host's other tenants)."""
+    pairs = [(a, b) for a, b in zip(num, den) if a.get(field) and b.get(field)]
+    out = {"all": spread([a[field] / b[field] for a, b in pairs])}
+    if max_foreign is not None:
+        out["quiet"] = spread([a[field] / b[field] for a, b in pairs
+                               if max(a.get("foreign_cpu_pct", 0.0), b.get("foreign_cpu_pct", 0.0)) <= max_foreign])
+    return out
+
+
 def fmt_spread(s: dict[str, Any], digits: int = 3) -> str:
     if not s.get("n"):
         return "no rounds"

@@ -11,7 +11,8 @@ interleaved over many short rounds (A B C, C B A, ...) so each round's on/off ra
 within seconds on this shared host; the report is the median of the per-round ratios with its
 spread (quartiles, range, the distribution-free 95 % confidence interval of the median: the
 cost is resolved when that interval excludes 1.0), in req/s and in the worker's CPU time per
-request (utime + stime from /proc, less disturbed by other tenants). Then it counts the ledger rows each database holds against the requests the gateway
+request (utime + stime from /proc, less disturbed by other tenants); and the same over the quiet
+rounds only (no other process above ``--max-foreign`` % of the gateway core). Then it counts the ledger rows each database holds against the requests the gateway
 answered (rows lost: goal 0), and measures the writer alone: rows/s of ``LedgerWriter`` into each
 database (50,000 rows, batches of 1,000).
 """
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_bench import (  # noqa: E402
-    CHAT_LUA, GatewayProcess, check_chat, fmt_spread, interleaved, proc_ticks, run_wrk, spread,
+    CHAT_LUA, GatewayProcess, check_chat, fmt_spread, interleaved, proc_ticks, ratio_spreads, run_wrk,
 )
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-url", default=os.environ.get("PG_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--gateway-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
+    ap.add_argument("--max-foreign", type=float, default=10.0,
+                    help="%% of the gateway core other processes may use in a run of a quiet round")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average (1/5/15 min) at start {' / '.join(f'{x:.2f}' for x in load)}, at end "
           f"{' / '.join(f'{x:.2f}' for x in load_end)} ({os.cpu_count()} cores; gateways on core {args.gateway_cpu}, "
           f"wrk + simulator on core {args.load_cpu}); {args.rounds} interleaved rounds of {args.duration} s, "
-          f"{args.connections} connections\n")
+          f"{args.connections} connections; quiet rounds: <= {args.max_foreign:g} % of the gateway core used by others\n")
     print("| ledger | req/s median (range) | CPU us/request median | errors |")
     print("|---|---|---|---|")
     for label, rs in runs.items():
@@ -171,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.median(cpu):.0f} | {sum(r['errors'] for r in rs)} |")
     ratios = {}
     for label in ("sqlite", "postgres"):
-        ratios[label] = {
-            "rps": spread([a["rps"] / b["rps"] for a, b in zip(runs[label], runs["off"])]),
-            "cpu": spread([a["cpu_us"] / b["cpu_us"] for a, b in zip(runs[label], runs["off"]) if a["cpu_us"] and b["cpu_us"]]),
-        }
-        print(f"\n{label} / off req/s: {fmt_spread(ratios[label]['rps'])}")
-        print(f"{label} / off CPU per request: {fmt_spread(ratios[label]['cpu'])}")
+        ratios[label] = {unit: ratio_spreads(runs[label], runs["off"], field, args.max_foreign)
+                         for field, unit in (("rps", "rps"), ("cpu_us", "cpu"))}
+        print()
+        for unit, what in (("rps", "req/s"), ("cpu", "CPU per request")):
+            for which, s in ratios[label][unit].items():
+                print(f"{label} / off {what} ({which}): {fmt_spread(s)}")
     print()
     for label in ("sqlite", "postgres"):
         # wrk counts answers it read; rows cover those plus the warm-up second and the start-up check.

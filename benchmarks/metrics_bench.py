@@ -11,6 +11,8 @@ them interleaved, many short rounds (on off, off on, on off, ...), so the slow d
 shared host hits both alike; each round gives one on/off ratio of requests/s, and the report is
 the median of those ratios with its spread: quartiles, range and the distribution-free 95 %
 confidence interval of the median. A cost is resolved when that interval lies below 1.0.
+The same again over the quiet rounds only: those in which no other process used more than
+``--max-foreign`` % (default 10) of the gateway core during either run of the pair.
 The same is given for the gateway worker's CPU time per request (utime + stime from /proc over
 each run / its requests), which other tenants of the host disturb less than requests/s.
 
@@ -32,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gateway_bench import (  # noqa: E402
-    CHAT_LUA, STREAM_LUA, GatewayProcess, check_chat, fmt_spread, interleaved, log, proc_ticks, run_wrk, spread,
+    CHAT_LUA, STREAM_LUA, GatewayProcess, check_chat, fmt_spread, interleaved, log, proc_ticks, ratio_spreads, run_wrk,
 )
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--direct", action="store_true", help="also wrk straight at the simulator")
     p.add_argument("--gateway-cpu", type=int, default=1)
     p.add_argument("--load-cpu", type=int, default=0)
+    p.add_argument("--max-foreign", type=float, default=10.0,
+                   help="%% of the gateway core other processes may use in a run of a quiet round")
     p.add_argument("--json")
     args = p.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -101,13 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
             runs = interleaved(name, targets, measure, warm, args.rounds, gw_cpu, lambda: pids)
             res = results[name] = {"runs": runs}
-            res["on/off rps"] = spread([a["rps"] / b["rps"] for a, b in zip(runs["on"], runs["off"])])
-            res["on/off cpu"] = spread([a["cpu_us"] / b["cpu_us"] for a, b in zip(runs["on"], runs["off"])
-                                        if a["cpu_us"] and b["cpu_us"]])
-            if "on+log" in runs:
-                res["on+log/on rps"] = spread([a["rps"] / b["rps"] for a, b in zip(runs["on+log"], runs["on"])])
-                res["on+log/on cpu"] = spread([a["cpu_us"] / b["cpu_us"] for a, b in zip(runs["on+log"], runs["on"])
-                                               if a["cpu_us"] and b["cpu_us"]])
+            quiet = args.max_foreign if gw_cpu is not None else None
+            for label, num, den in (("on/off", "on", "off"), ("on+log/on", "on+log", "on")):
+                if num in runs:
+                    for field, unit in (("rps", "rps"), ("cpu_us", "cpu")):
+                        for which, s in ratio_spreads(runs[num], runs[den], field, quiet).items():
+                            res[f"{label} {unit} ({which})"] = s
             log(f"{name}: on/off req/s per round " + " / ".join(
                 f"{a['rps'] / b['rps']:.3f}" for a, b in zip(runs["on"], runs["off"])))
         load_end = os.getloadavg()
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average (1/5/15 min) at start {' / '.join(f'{x:.2f}' for x in load_start)}, "
           f"at end {' / '.join(f'{x:.2f}' for x in load_end)}; {os.cpu_count()} cores, gateway on core {gw_cpu}, "
           f"wrk + simulator on core {load_cpu}; {args.rounds} interleaved rounds of {args.duration} s, "
-          f"{args.connections} connections")
+          f"{args.connections} connections; quiet rounds: <= {args.max_foreign:g} % of the gateway core used by others")
     for name, res in results.items():
         runs = res["runs"]
         print(f"\n{name}:")
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", CPU {statistics.median(cpu):.0f} us/request" if cpu else ""))
         for what, s in res.items():
             if what != "runs":
-                print(f"  {what:<14} {fmt_spread(s)}")
+                print(f"  {what:<22} {fmt_spread(s)}")
     if log_file is not None:
         print(f"\naccess log lines written by the on+log gateway: {sum(1 for _ in open(log_file, 'rb')):,}")
         os.unlink(log_file)
