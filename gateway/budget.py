@@ -122,7 +122,8 @@ class Reservation:
 
 class Budgets:
     def __init__(self, prices, engine, redis_url: str | None = None, prefix: str = "gw:",
-                 keys: Callable[[], Iterable] = tuple, reconcile_seconds: float = 0.0, healthy: Callable[[], bool] = bool) -> None:
+                 keys: Callable[[], Iterable] = tuple, reconcile_seconds: float = 0.0,
+                 healthy: Callable[[], bool] = lambda: True) -> None:
         self.prices = prices
         self.engine = engine
         self.prefix = prefix + "budget:"
