@@ -272,6 +272,8 @@ async def test_one_row_per_request_on_every_path(sim, db_url):
         assert one[provider_error.headers["x-request-id"]]["error_type"] == "provider"
         row = one[cut.headers["x-request-id"]]
         assert row["status"] == 200 and row["error_type"] == "provider" and row["prompt_tokens"] > 0 and row["cost_usd"] > 0
+        # Anthropic reported the prompt at the start; the output it never reported is estimated from what was relayed.
+        assert row["usage_estimated"] and row["completion_tokens"] > 0
         assert one[ex.headers["x-request-id"]]["client_gone"]
 
         daily = await select(db_url, sa.select(sa.func.sum(usage_daily.c.requests)))

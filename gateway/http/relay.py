@@ -140,7 +140,7 @@ class Relay:
                 await surface.error(INTERNAL)
         finally:
             watch.stop()
-            if req is not None and req.stream and not outcome.completion_tokens:
+            if req is not None and req.stream:
                 outcome.estimate_usage(req.prompt_tokens())  # cut before its usage: estimated, never $0
             self.finish.run(req, outcome)
 

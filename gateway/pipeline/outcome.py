@@ -95,13 +95,24 @@ class Outcome:
         self.cached_tokens = cached if type(cached) is int else 0
 
     def estimate_usage(self, prompt_tokens: int) -> None:
-        """A provider stream that relayed something but never reported its usage (the client left, or
-        the provider cut it before OpenAI's final usage chunk): never 0 tokens / $0. The prompt's
-        estimate (the limiter's and the budget's) and the relayed content at 4 characters a token."""
-        if self.prompt_tokens or self.completion_tokens or self.first_chunk_seconds is None or self.from_cache:
+        """A provider stream that relayed content its usage does not cover: never 0 tokens / $0.
+
+        OpenAI reports usage in the last chunk, Anthropic the output in its last delta (1 at the
+        start): a stream the client left or the provider cut has none, or only the start's. Then
+        the completion is the relayed content at 4 characters a token (when more than reported),
+        the prompt the provider's figure or else the estimate the limiter and the budget reserve
+        with, and the outcome is marked estimated. A stream that ended cleanly keeps its usage."""
+        if self.first_chunk_seconds is None or self.from_cache:
             return
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = (self.content_chars + 3) // 4
+        if self.completion_tokens and not self.client_gone and self.error_type is None:
+            return  # it ended: the provider's final figures
+        relayed = (self.content_chars + 3) // 4
+        if self.prompt_tokens and self.completion_tokens >= relayed:
+            return  # what was reported covers what was relayed
+        if not self.prompt_tokens:
+            self.prompt_tokens = prompt_tokens
+        if relayed > self.completion_tokens:
+            self.completion_tokens = relayed
         self.usage_estimated = True
 
     @property
