@@ -249,6 +249,23 @@ async def test_stream_is_relayed_as_it_arrives_and_pings_while_waiting(gateway, 
     assert data[-1] - data[1] > 0.4  # spread over time, as produced
 
 
+async def test_stream_pings_in_a_wait_between_chunks(gateway, sim, http):
+    # Chunks 0.5 s apart with a 0.2 s ping interval: the keepalive's one timer per stream must
+    # re-arm for the later waits, not only the wait for the first chunk.
+    sim.configure("openai", latency_ms=0, tokens_per_second=2, response_tokens=3, chunk_tokens=1)
+    lines: list[bytes] = []
+    async with http.post(gateway.url + "/v1/chat/completions", json=chat_body("openai", stream=True), headers=AUTH) as r:
+        assert r.status == 200
+        async for line in r.content:
+            if line.strip():
+                lines.append(line.strip())
+    first = next(i for i, line in enumerate(lines) if line.startswith(b"data: {"))
+    last = max(i for i, line in enumerate(lines) if line.startswith(b"data: {"))
+    between = [line for line in lines[first:last] if line.startswith(b":")]
+    assert len(between) >= 2, lines  # at least one ping in each of the two 0.5 s gaps
+    assert lines[-1] == b"data: [DONE]"
+
+
 async def test_client_disconnect_cancels_upstream(gateway, sim, http):
     sim.configure("openai", tokens_per_second=10, response_tokens=200, chunk_tokens=1)
     async with http.post(gateway.url + "/v1/chat/completions", json=chat_body("openai", stream=True), headers=AUTH) as r:

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GatewayError
 from gateway.http import headers
 from gateway.http.relay import Relay, Watch
+from gateway.http.timers import Timers
 from gateway.pipeline.admission import Inbound, too_large
 from gateway.pipeline.outcome import Outcome
 from gateway.sse import DONE, PING
@@ -133,7 +134,7 @@ def _unreadable() -> GatewayError:
     return GatewayError(400, "The request body is malformed or ended before it was complete.", code="invalid_body")
 
 
-def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, timeout: float):
+def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, timeout: float, timers: Timers):
     """``read_body(limit)`` for admission: the whole body; a 413 past the limit, a 408 past ``timeout``
     seconds, a 400 for a body that is malformed or cut short, a 503 when too many are being read."""
 
@@ -149,17 +150,38 @@ def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, 
         if reads.active >= reads.limit:
             raise BUSY
         reads.active += 1
+        # A coarse timer (gateway/http/timers.py) rather than asyncio.timeout(): the same deadline, to
+        # within a tick, without a Timeout object and a loop timer handle on every request.
+        task = asyncio.current_task()
+        expiry = _Expiry(task)
+        slot = timers.arm(timeout, expiry)
         try:
-            async with asyncio.timeout(timeout):
-                return await _read(receive, declared, limit)
-        except TimeoutError:
+            return await _read(receive, declared, limit)
+        except asyncio.CancelledError:
+            if not expiry.fired or task.uncancel() > 0:
+                raise  # not our deadline (shutdown, or the server's own cancel), or another cancel on top
             raise GatewayError(
                 408, f"The request body did not arrive within {timeout:g}s.", code="request_timeout"
             ) from None
         finally:
+            timers.disarm(slot, expiry)
             reads.active -= 1
 
     return read
+
+
+class _Expiry:
+    """The body deadline's timer callback: cancels the reading task and remembers that it did."""
+
+    __slots__ = ("task", "fired")
+
+    def __init__(self, task) -> None:
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
 
 
 async def _read(receive, declared: int, limit: int) -> bytes:
@@ -198,11 +220,6 @@ async def _receive(receive) -> dict:
     return msg
 
 
-async def handle(gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    route, kind = ROUTES[scope["path"]]
-    await serve(gateway, scope, receive, send, HTTPSurface, route, kind)
-
-
 async def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surface, route: str, kind: str = "chat",
                 hdrs: dict[str, str] | None = None, translate=None) -> None:
     """One HTTP request through the relay, framed by ``make_surface(send, outcome)``; ``translate`` wraps the
@@ -218,6 +235,8 @@ async def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surfac
         relay.finish.run(None, outcome)
         return
     snap = gateway.router.state
-    read = body_reader(receive, hdrs.get("content-length"), gateway.body_reads, snap.settings.body_timeout_seconds)
+    read = body_reader(
+        receive, hdrs.get("content-length"), gateway.body_reads, snap.settings.body_timeout_seconds, gateway.timers
+    )
     inbound = Inbound(hdrs, translate(read) if translate is not None else read, "rest", kind=kind)
-    await relay.serve(snap, inbound, outcome, surface, Watch(), receive)
+    await relay.serve(snap, inbound, outcome, surface, Watch(gateway.timers), receive)

@@ -17,6 +17,7 @@ from time import perf_counter
 from typing import Protocol
 
 from gateway.errors import GatewayError
+from gateway.http.timers import Timers
 from gateway.pipeline.admission import Admission, Inbound
 from gateway.pipeline.finish import Finish
 from gateway.pipeline.outcome import Outcome
@@ -54,27 +55,31 @@ class Watch:
     watching costs a callback, not a task; ``lazy`` defers even that by a timer.
     """
 
-    __slots__ = ("task", "gone", "_next", "_fut", "_timer")
+    __slots__ = ("task", "gone", "_next", "_fut", "_timers", "_slot")
 
-    def __init__(self) -> None:
+    def __init__(self, timers: Timers | None = None) -> None:
         self.task: asyncio.Task | None = None
         self.gone = False
         self._next = None
         self._fut = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timers = timers  # the lazy start's coarse timer (gateway/http/timers.py); None: start at once
+        self._slot: int | None = None
 
     def arm(self, next_message, lazy: bool = False) -> None:
         self.task = asyncio.current_task()
         self._next = next_message
         if next_message is None:
             return
-        if lazy:
-            self._timer = asyncio.get_running_loop().call_later(LAZY_WATCH_SECONDS, self._listen)
+        if lazy and self._timers is not None:
+            self._slot = self._timers.arm(LAZY_WATCH_SECONDS, self)
         else:
             self._listen()
 
+    def fire(self) -> None:  # the lazy start's timer
+        self._slot = None
+        self._listen()
+
     def _listen(self) -> None:
-        self._timer = None
         fut = self._fut = asyncio.ensure_future(self._next())
         fut.add_done_callback(self._fired)
 
@@ -93,9 +98,9 @@ class Watch:
             self.task.cancel()
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._slot is not None:
+            self._timers.disarm(self._slot, self)
+            self._slot = None
         fut, self._fut = self._fut, None
         if fut is not None and not fut.done():
             fut.cancel()
@@ -118,7 +123,9 @@ class Relay:
                 if req.stream:
                     await self._stream(req, surface)
                 else:
-                    completion = await self._answer(req)
+                    completion = await self.pipeline.lookup(req)
+                    if completion is None:
+                        completion = await self.pipeline.complete(req)
                     watch.stop()
                     outcome.status = 200
                     await surface.answer(completion)
@@ -149,12 +156,6 @@ class Relay:
         outcome.fail(err)
         if surface.started:
             outcome.status = 200  # what the client saw; the error type says the rest
-
-    async def _answer(self, req: ChatRequest) -> dict:
-        hit = await self.pipeline.lookup(req)
-        if hit is not None:
-            return hit
-        return await self.pipeline.complete(req)
 
     async def _stream(self, req: ChatRequest, surface: Surface) -> None:
         out = req.outcome
@@ -198,34 +199,50 @@ class Relay:
 class Keepalive:
     """Sends the surface's keepalive while the relay waits on the provider.
 
-    A timer, not a task, is armed per wait: the common fast stream never
-    creates one. When it fires, a task sends the keepalives; the relay lets an
-    in-progress send finish before its own, so two sends never overlap.
+    One timer per stream, not one per wait: each wait only notes when it began,
+    and the timer, when due, either re-arms for the wait now under way or starts
+    a task that sends the keepalives (a timer handle per awaited batch was ~3 %
+    of a streaming profile). The relay lets an in-progress send finish before
+    its own, so two sends never overlap.
     """
 
-    __slots__ = ("surface", "interval", "_timer", "_task", "_sending", "_halt")
+    __slots__ = ("surface", "interval", "_loop", "_since", "_timer", "_task", "_sending", "_halt")
 
     def __init__(self, surface: Surface, interval: float) -> None:
         self.surface = surface
         self.interval = interval
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._since = 0.0  # loop time the wait under way began; 0.0: not waiting
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
         self._sending = False
         self._halt = False
 
     async def around(self, awaitable):
-        self._timer = asyncio.get_running_loop().call_later(self.interval, self._fire)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._since = since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(since + self.interval, self._due)
         try:
             return await awaitable
         finally:
-            self._timer.cancel()
-            self._timer = None
+            self._since = 0.0
             if self._task is not None:
                 await self._end_task()
 
-    def _fire(self) -> None:
+    def _due(self) -> None:
+        self._timer = None
+        since = self._since
+        if not since:
+            return  # between waits: the next wait arms the timer again
+        due = since + self.interval
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._due)  # a later wait: not yet its time
+            return
         self._halt = False
-        self._task = asyncio.get_running_loop().create_task(self._ping())
+        self._task = self._loop.create_task(self._ping())
 
     async def _ping(self) -> None:
         while not self._halt:
@@ -251,5 +268,6 @@ class Keepalive:
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
