@@ -881,6 +881,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="nonstream,stream,latency,ttfb", help="comma-separated scenarios to run")
     ap.add_argument("--json", dest="json_out", help="write all runs and the summary to this file")
     ap.add_argument(
+        "--variant", action="append", default=[], metavar="NAME:K=V,...",
+        help="this tree once more with these settings (repeatable), e.g. lean:GATEWAY_METRICS=false,DATABASE_URL=off",
+    )
+    ap.add_argument(
         "--baseline", type=Path, default=None,
         help="another checkout of the gateway (with its own .venv): measured as one more target, 'baseline', "
         "in the same interleaved run (old commit vs this tree)",
@@ -972,6 +976,14 @@ def main(argv: list[str] | None = None) -> int:
             ).start()
             transports.append("baseline")
             log(f"baseline gateway ({args.baseline}) on {gateways['baseline'].url}")
+        for spec in args.variant:
+            # --variant NAME:K=V,K=V: this tree once more with some settings changed (e.g. the later
+            # issues' listeners off), one more target of the same interleaving.
+            name, _, assigns = spec.partition(":")
+            env = dict(trust, **dict(a.split("=", 1) for a in assigns.split(",") if a))
+            gateways[name] = GatewayProcess("aiohttp", upstream, gw_cpu, extra_env=env).start()
+            transports.append(name)
+            log(f"variant {name} ({assigns}) on {gateways[name].url}")
         if bare:
             for client in bare_clients:
                 for interface in ("asgi", "rsgi") if client != "httpx" else ("asgi",):
