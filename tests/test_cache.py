@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
+
 import pytest
 
 from gateway.cache import Cache, CacheConfig, Controls, parse_controls, replay_chunks
@@ -420,6 +422,58 @@ def test_guard_reasons(a, b, reason):
     assert guard(analyse(b), analyse(a))[0] == reason
 
 
+@pytest.mark.parametrize("a, b, reason", [
+    # Contrasts an embedder scores as near-identical (MiniLM 0.8-0.99), one rule each.
+    ("How far is 42 km in miles?", "How far is 24 km in miles?", "numbers"),
+    ("Who fought in World War II?", "Who fought in the second World War?", None),
+    ("Pasta recipes with meat", "Pasta recipes without meat", "negation"),
+    ("Why do some people like opera?", "Why do some people dislike opera?", "opposite"),
+    ("Why do some people enjoy opera?", "Why do some people dislike opera?", "swap"),
+    ("How do I enable two-factor login?", "How do I disable two-factor login?", "opposite"),
+    ("How do I upload photos to my phone?", "How do I download photos to my phone?", "opposite"),
+    ("What are the advantages of solar power?", "What are the disadvantages of solar power?", "opposite"),
+    ("How do I parse XML in Ruby?", "How do I parse XML in Elixir?", "language"),
+    ("Write a TS interface for a user", "Write a TypeScript interface for a user", None),
+    ("What does a %= b do?", "What does a *= b do?", "operators"),
+    ("Compute 8 - 2 * 3.", "Compute (8 - 2) * 3.", "operators"),
+    ("What does `Array.prototype.slice` do?", "What does `Array.prototype.splice` do?", "identifiers"),
+    ("Convert 3 tablespoons to teaspoons.", "Convert 3 teaspoons to tablespoons.", "direction"),
+    ("How many inches are in a yard?", "How many yards are in an inch?", "direction"),
+    ("What is the capital of Peru?", "What is the capital of Chile?", "names"),
+    ("How do I peel a mango?", "How do I peel a kiwi?", "swap"),
+    ("Explain insertion sort.", "Explain selection sort.", "swap"),
+    ("When was the Eiffel Tower built?", "Why was the Eiffel Tower built?", "kind"),
+    ("What is a limerick?", "Write a limerick about cats.", "kind"),
+    ("What is compound interest?", "How do I calculate compound interest?", "kind"),
+    ("Explain photosynthesis.", "Explain photosynthesis to a beginner.", "narrower"),
+    # Rewordings are the embedder's to judge: added context, other words, moved clauses, typos.
+    ("What's the tallest tree species?", "Which species of tree is the tallest?", None),
+    ("Why do onions make you cry?", "What makes people cry when cutting onions?", None),
+    ("Before an interview, what should I prepare?", "What should I prepare before an interview?", None),
+    ("How do I trim a string in Java?", "Java code to strip whitespace from a string", None),
+    ("What is the larget desert?", "What is the largest desert?", None),
+])
+def test_veto_reasons(a, b, reason):
+    """text.veto, one example per rule (written for this test, not taken from the labelled pairs)."""
+    from gateway.cache.text import analyse, veto
+
+    assert veto(analyse(a), analyse(b)) == reason
+    assert veto(analyse(b), analyse(a)) == reason
+
+
+def test_veto_is_cheap():
+    """The veto runs on the event loop for each candidate of a miss: a few µs, not a model call."""
+    from gateway.cache.text import analyse, veto
+
+    pairs = [(analyse("How do I peel a mango quickly?"), analyse("What's a fast way to peel a mango?")),
+             (analyse("Convert 3 teaspoons to tablespoons."), analyse("Convert 3 tablespoons to teaspoons."))]
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        for a, b in pairs:
+            veto(a, b)
+    assert (time.perf_counter() - t0) / 4000 < 0.0002  # generous: ~10 µs measured
+
+
 async def test_very_long_prompts_use_the_exact_tier_only():
     """Past max_semantic_chars a prompt is neither indexed nor analysed: exact hits only."""
     c = Cache(config(max_semantic_chars=200), None)
@@ -444,7 +498,7 @@ async def test_verifier_state_is_in_the_stats(tmp_path):
     await good.start()
     try:
         v, _ = await eventually(lambda: good.stats()["verifier"]["ready"] and good.stats()["verifier"], timeout=30)
-        assert v == {"name": "minilm", "ready": True, "graph": "int8", "error": None}
+        assert v == {"name": "minilm", "ready": True, "graph": "int8", "error": None, "static_candidates": True}
     finally:
         await good.close()
 

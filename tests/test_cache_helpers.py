@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from hashlib import blake2b
+from pathlib import Path
 
 from gateway.cache import Cache, CacheConfig
 from gateway.request import ChatRequest
 
 MODEL = "gpt-4o-mini"
+PAIRS = Path(__file__).parent / "data" / "paraphrase_pairs.jsonl"
+
+
+def split_of(pair: dict) -> str:
+    """A pair's split, fixed by a hash of its text (about half each): tune on "tune", report "heldout"."""
+    return "heldout" if blake2b(f"{pair['a']}\x1f{pair['b']}".encode(), digest_size=8).digest()[0] % 2 else "tune"
+
+
+def labelled_pairs(split: str) -> list[dict]:
+    """tests/data/paraphrase_pairs.jsonl, one split: {"label": "hit"|"miss", "kind", "a", "b"}."""
+    rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+    return [r for r in rows if split_of(r) == split]
 
 
 def chat(content: str, *, system: str | None = None, history: list[dict] | None = None, headers: dict | None = None,

@@ -19,7 +19,8 @@ import pytest
 from tests.harness import ADMIN_KEY, API_KEY, running_gateway, simulator_env
 
 HIGH_SIMILARITY = ("Summarize the plot of Hamlet.", "Could you please summarize the plot of Hamlet?")
-LOW_SIMILARITY = ("Give me a recipe for pancakes.", "Can you give me a pancake recipe?")
+# A paraphrase MiniLM scores 0.835 on the veto scale (cosine 0.75): a hit at 0.75, a miss at 0.85.
+LOW_SIMILARITY = ("How do I find the length of a list in Python?", "Get the number of elements in a Python list.")
 
 
 async def ask(http, gw, text: str, namespace: str) -> tuple[str, float | None]:

@@ -54,6 +54,7 @@ class LookupState:
     tenant: str  # the namespace entries are stored under ("<key name>/<namespace>" with scope_by_key)
     view: RequestView | None
     hvec: np.ndarray | None = None
+    svec: np.ndarray | None = None  # the query's static vector (short prompts, minilm), kept for store
     analysis: tuple | None = None
     ckey: int | None = None
 
@@ -99,6 +100,8 @@ class Cache:
         self._tasks.append(asyncio.create_task(self._writer(), name="cache-writer"))
         self._tasks.append(asyncio.create_task(self._sweeper(), name="cache-sweeper"))
         self._tasks.append(asyncio.create_task(self.semantic.backfill(), name="cache-backfill"))
+        if self.semantic.static is not None and v is not None and not v.is_async:
+            self._tasks.append(asyncio.create_task(self.semantic.pre_embed(), name="cache-pre-embed"))
 
     async def close(self) -> None:
         if self.mirror is not None:
@@ -243,15 +246,17 @@ class Cache:
         text = (v.query if self.semantic.on and v.scope is not None
                 and len(v.query) <= self.config.max_semantic_chars else None)
         e = Entry(v.exact, st.tenant, v.scope if text else None, text, j.raw, now, now + j.ttl, 0)
-        hv = None
+        hv = sv = None
         if text is not None:
             try:
-                hv = self.semantic.prepare(e, v.scope, st.analysis, st.ckey, st.hvec)
+                hv, sv = self.semantic.prepare(e, v.scope, st.analysis, st.ckey, st.hvec, st.svec)
             except Exception as exc:  # noqa: BLE001 - keep the answer for exact hits
                 log.warning("cache: analysing a stored prompt failed: %s", exc)
                 e.scope = e.text = e.analysis = e.ckey = None
-                hv = None
-        self.entries.insert(e, hv)
+                hv = sv = None
+        self.entries.insert(e, hv, sv)
+        if sv is not None:
+            self.semantic.embed_later(e)
         self.stores += 1
         return e, hv
 
@@ -261,6 +266,7 @@ class Cache:
             try:
                 self.entries.sweep(time.time())
                 await self.entries.index.compact(self._index_executor)
+                await self.entries.sindex.compact(self._index_executor)
             except Exception:  # noqa: BLE001
                 log.exception("cache: sweep failed")
 
@@ -296,7 +302,8 @@ class Cache:
             "guard_rejects": sem["guard_rejects"],
             "index": {"scopes": len(ent.scope_entries), "content_keys": len(ent.by_ckey),
                       "vector_scopes": len(index.shards), "hnsw_scopes": index.hnsw_shards(),
-                      "vectors": len(index), "rebuilds": index.rebuilds},
+                      "vectors": len(index), "rebuilds": index.rebuilds,
+                      "static_vectors": len(ent.sindex), "static_hnsw_scopes": ent.sindex.hnsw_shards()},
             "redis": self.mirror.stats() if self.mirror is not None else {
                 "configured": False, "up": False, "errors": 0, "last_error": None, "backlog": 0,
                 "mirrored_in": 0, "mirrored_out": 0, "loaded": 0},

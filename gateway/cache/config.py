@@ -26,8 +26,13 @@ class CacheConfig:
     embedder_timeout_seconds: float = 5.0
     verify_window_tokens: int = 128  # minilm: tokens per window (longer prompts: head + tail windows)
     candidate_threshold: float = 0.4  # hashed-vector cosine for a candidate worth checking (paraphrases the guard lets through: >= 0.45)
+    # Static MiniLM vector cosine for a short prompt's candidate (labelled paraphrases, tune split: 95 % >= 0.47).
+    static_candidate_threshold: float = 0.45
     candidates: int = 4  # top-k taken from the vector index (long prompts; short ones: every entry of the content key)
-    narrow_margin: float = 0.1  # extra similarity asked per content word that differs (counted up to 2)
+    narrow_margin: float = 0.1  # long prompts (the guard): extra similarity asked per content word that differs (up to 2)
+    # Short prompts (the veto): extra similarity asked when one adds content words to the other ("cook rice" /
+    # "cook rice in a microwave": 0.90; "capital of X" / "which city is the capital of X": 0.96; tune split)
+    added_words_margin: float = 0.05
     # Longer last messages: exact tier only. The guard analyses a query on the loop (~0.35 µs a
     # character: ~1.4 ms at 4,000); the spec's longest prompts are ~2,000 characters.
     max_semantic_chars: int = 4_000
@@ -72,10 +77,12 @@ class CacheConfig:
             raise bad("ttl_seconds", f"must not exceed max_ttl_seconds ({self.max_ttl_seconds})")
         if not 0 < self.semantic_threshold <= 1:
             raise bad("semantic_threshold", "must be in (0, 1]")
-        if not 0 <= self.candidate_threshold <= 1:
-            raise bad("candidate_threshold", "must be in [0, 1]")
-        if not 0 <= self.narrow_margin <= 0.5:
-            raise bad("narrow_margin", "must be in [0, 0.5]")
+        for name in ("candidate_threshold", "static_candidate_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise bad(name, "must be in [0, 1]")
+        for name in ("narrow_margin", "added_words_margin"):
+            if not 0 <= getattr(self, name) <= 0.5:
+                raise bad(name, "must be in [0, 0.5]")
         if not 0 <= self.max_temperature <= 2:
             raise bad("max_temperature", "must be in [0, 2]")
         if not 8 <= self.verify_window_tokens <= 512:

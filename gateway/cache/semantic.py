@@ -1,12 +1,17 @@
 """The semantic tier: which stored prompts may mean the same as a query, and whether one does.
 
-    candidates: the query's content key -> every entry the guard could pass under
-                20 content words; long prompts also: hashed vector -> top-k of the
-                scope's vector index (>= candidate_threshold)
-    guard:      lexical rules (numbers, negation, languages, identifiers, direction,
-                swapped slot, narrower), on the loop: a few comparisons
-    verifier:   cosine >= semantic_threshold (+ margin for a narrower question), on
-                the executor thread (the model releases the GIL)
+    candidates: the query's content key -> the entries with the same content words;
+                short prompts (under 12 content words, embedder minilm) also: static
+                MiniLM vector -> top-k of the scope's static index (>= static_candidate_threshold);
+                long prompts also: hashed vector -> top-k of the scope's hashed index
+                (>= candidate_threshold)
+    screen:     short prompts: the contrast veto (text.veto: other literals, an
+                opposite, a reversed relation, other names, one swapped slot, another
+                kind of request); long prompts: the lexical guard (text.guard: the
+                content words must pair off); on the loop, a few µs a candidate
+    verifier:   MiniLM (or the provider's) similarity >= semantic_threshold, on the
+                executor thread (the model releases the GIL); only candidates that
+                passed the screen reach it
 
 Prompts are analysed when stored, so a lookup analyses only its query; entries
 loaded from Redis are analysed in the background (:meth:`Semantic.backfill`).
@@ -21,10 +26,12 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from gateway.cache.embed import HASH_DIM, HashEmbedder, Verifier, make_verifier, similarity
-from gateway.cache.entries import Entries, Entry
+import numpy as np
+
+from gateway.cache.embed import HASH_DIM, HashEmbedder, StaticEmbedder, Verifier, make_verifier, similarity
+from gateway.cache.entries import INDEX_STATIC, Entries, Entry
 from gateway.cache.keys import RequestView
-from gateway.cache.text import analyse, content_key, guard, is_long
+from gateway.cache.text import added_words, analyse, content_key, guard, is_long, is_short, veto
 
 if TYPE_CHECKING:
     from gateway.cache.cache import LookupState
@@ -32,7 +39,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.cache")
 
-Candidate = tuple[Entry, "float | None"]  # (entry, hashed cosine; None when found by its content key)
+Candidate = tuple[Entry, "float | None"]  # (entry, index cosine; None when found by its content key)
+
+# A short prompt that passed the contrast veto is judged by the verifier's cosine on this scale:
+# score = 1 - (1 - cosine) / VETO_SPREAD, so SEMANTIC_THRESHOLD 0.85 asks MiniLM for cosine 0.775.
+# The veto took the near misses out that made a raw 0.85 necessary (labelled pairs, tune split:
+# see gateway/cache/README.md). Long prompts (the guard) keep the raw cosine.
+VETO_SPREAD = 1.5
+# Short prompts stored while the verifier is idle are embedded then (on its executor, lookups first),
+# so a first-time semantic hit embeds only the query. Past this backlog they are embedded on first use.
+PRE_EMBED_BACKLOG = 1024
 
 
 class Semantic:
@@ -41,14 +57,26 @@ class Semantic:
         self.entries = entries
         self.hasher = HashEmbedder(HASH_DIM)
         self.verifier: Verifier | None = None
+        self.static: StaticEmbedder | None = None
+        if config.semantic and config.embedder == "minilm":
+            try:
+                self.static = StaticEmbedder()
+            except Exception as exc:  # noqa: BLE001 - short prompts then need the same content words
+                log.error("cache: the static MiniLM vectors did not load (%s: %s); short prompts are found "
+                          "by their content key only", type(exc).__name__, exc)
         if config.semantic:
             self.verifier = make_verifier(config.embedder, window=config.verify_window_tokens,
                                           url=config.embedder_url, model=config.embedder_model,
-                                          key=config.embedder_key, timeout=config.embedder_timeout_seconds)
+                                          key=config.embedder_key, timeout=config.embedder_timeout_seconds,
+                                          tokenizer=self.static.tokenizer if self.static is not None else None)
         self.on = config.semantic and (self.verifier is not None or config.embedder == "hash")
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="gw-cache-verify")
         self.verifier_error: str | None = None
         self.unanalysed: deque[Entry] = deque()  # entries from Redis whose guard analysis is still to do
+        self.to_embed: deque[Entry] = deque()  # short prompts stored, for the verifier when it is idle
+        self._embed_wake: asyncio.Event | None = None
+        self.pre_embedded = 0
+        self.pre_embed_skipped = 0
         self._backfill_wake: asyncio.Event | None = None
         self._pending = 0
         self.verifications = 0
@@ -75,11 +103,14 @@ class Semantic:
         v = self.verifier
         return {
             "verifier": None if v is None else {"name": v.name, "ready": v.ready, "graph": getattr(v, "graph", None),
-                                                "error": self.verifier_error},
+                                                "error": self.verifier_error,
+                                                "static_candidates": self.static is not None},
             "verifications": self.verifications,
             "verify_shed": self.shed,
             "verify_pending": self._pending,
             "verify_errors": self.errors,
+            "pre_embedded": self.pre_embedded,
+            "pre_embed_skipped": self.pre_embed_skipped,
             "guard_rejects": dict(self.guard_rejects),
         }
 
@@ -98,23 +129,34 @@ class Semantic:
         return await self._match(st, v.query, cands)
 
     def _candidates(self, st: LookupState, v: RequestView, now: float) -> list[Candidate]:
-        """Every prompt the guard could pass under its short-prompt rule has the query's content key:
-        one dict lookup finds them all. Long prompts may differ in a few words: those are also
-        looked for in the vector index (the hashed vectors' nearest, cosine >= candidate_threshold).
+        """The prompts with the query's content words: one dict lookup (the content key). Short
+        prompts (minilm): also the nearest static MiniLM vectors of the scope, which find rewordings
+        with other words ("population" / "how many people"). Long prompts may differ in a few
+        words: also the nearest hashed vectors.
         """
         qa = st.analysis
         if qa is None:
             qa = st.analysis = analyse(v.query)
         st.ckey = content_key(v.scope, qa)
         cands: list[Candidate] = [(c, None) for c in self.entries.with_ckey(st.ckey, now)]
-        index = self.entries.index
-        if is_long(qa) and v.scope in index.shards:
-            st.hvec = hv = self.hasher.vector(v.query)
-            floor = self.config.candidate_threshold
-            for label, sim in index.search(v.scope, hv, self.config.candidates):
-                c = self.entries.labels.get(label)
-                if c is not None and sim >= floor and c.expires > now and all(c is not x for x, _ in cands):
-                    cands.append((c, sim))
+        if is_long(qa):
+            index, floor = self.entries.index, self.config.candidate_threshold
+            if v.scope in index.shards:
+                st.hvec = vec = self.hasher.vector(v.query)
+            else:
+                return cands
+        elif self.static is not None and is_short(qa):
+            index, floor = self.entries.sindex, self.config.static_candidate_threshold
+            if v.scope in index.shards:
+                st.svec = vec = self.static.vector(v.query)
+            else:
+                return cands
+        else:
+            return cands
+        for label, sim in index.search(v.scope, vec, self.config.candidates):
+            c = self.entries.labels.get(label)
+            if c is not None and sim >= floor and c.expires > now and all(c is not x for x, _ in cands):
+                cands.append((c, sim))
         return cands
 
     async def _match(self, st: LookupState, query: str, cands: list[Candidate]) -> tuple[Entry | None, float]:
@@ -124,16 +166,15 @@ class Semantic:
             # this request's own store), the candidates when they were stored, so it is a few
             # comparisons. On a thread it would cost as much CPU, plus the hand-off, and hold the
             # GIL against the loop for up to the switch interval.
-            passing = self._guard(st.analysis, cands)
+            passing = self._screen(st.analysis, cands)
             if not passing:
                 return None, 0.0
             if self.verifier is None:  # embedder = "hash": the hashed cosine decides
                 best, best_sim = None, 0.0
-                for e, hsim, added in passing:
-                    if hsim is None:  # found by its content key
-                        if st.hvec is None:
-                            st.hvec = self.hasher.vector(query)
-                        hsim = float(st.hvec @ self.hasher.vector(e.text))
+                for e, _sim, added, _vetoed in passing:
+                    if st.hvec is None:
+                        st.hvec = self.hasher.vector(query)
+                    hsim = float(st.hvec @ self.hasher.vector(e.text))
                     if hsim >= self._needed(added) and hsim > best_sim:
                         best, best_sim = e, hsim
                 return best, best_sim
@@ -161,61 +202,114 @@ class Semantic:
         finally:
             self._pending -= 1
 
-    def _guard(self, qa: tuple, cands: list[Candidate]) -> list[tuple[Entry, float | None, int]]:
+    def _screen(self, qa: tuple, cands: list[Candidate]) -> list[tuple[Entry, float | None, int, bool]]:
+        """The candidates worth the verifier: (entry, index cosine, words added, judged by the veto)."""
         passing = []
-        for e, hsim in cands:
+        by_veto = self.static is not None and is_short(qa)
+        for e, sim in cands:
             ea = e.analysis
             if ea is None:  # loaded from Redis and not yet reached by the backfill
                 ea = e.analysis = analyse(e.text)
-            why, added = guard(qa, ea)
-            if why is None and self._needed(added) > 1.0:
-                why = "differs"  # no similarity could reach the bar: spare the verifier
+            if by_veto and is_short(ea):
+                why, vetoed = veto(qa, ea), True
+                added = added_words(qa, ea) if why is None else 0
+            else:
+                (why, added), vetoed = guard(qa, ea), False
+                if why is None and self._needed(added) > 1.0:
+                    why = "differs"  # no similarity could reach the bar: spare the verifier
             if why is not None:
                 self.guard_rejects[why] += 1
             else:
-                passing.append((e, hsim, added))
+                passing.append((e, sim, added, vetoed))
         return passing
 
-    def _needed(self, added: int) -> float:
+    def _needed(self, added: int, vetoed: bool = False) -> float:
+        if vetoed:  # one prompt adds content words to the other: a narrower question, or more context
+            return self.config.semantic_threshold + (self.config.added_words_margin if added else 0.0)
         return self.config.semantic_threshold + self.config.narrow_margin * min(added, 2)
 
-    def _verify(self, query: str, passing) -> tuple[Entry | None, float]:
-        """On the executor: the verifier's similarity of the query and each candidate the guard passed."""
+    @staticmethod
+    def score(cosine: float, vetoed: bool) -> float:
+        """The similarity compared with SEMANTIC_THRESHOLD (and shown as x-cache-similarity)."""
+        return 1.0 - (1.0 - cosine) / VETO_SPREAD if vetoed else cosine
+
+    def _best(self, qw, passing) -> tuple[Entry | None, float]:
         best, best_sim = None, 0.0
-        qw = self.verifier.windows(query)
-        for e, _hsim, added in passing:
-            w = e.windows
-            if w is None:
-                w = e.windows = self.verifier.windows(e.text)
-            s = similarity(qw, w)
-            if s >= self._needed(added) and s > best_sim:
+        for e, _sim, added, vetoed in passing:
+            s = self.score(similarity(qw, e.windows), vetoed)
+            if s >= self._needed(added, vetoed) and s > best_sim:
                 best, best_sim = e, s
         return best, best_sim
 
+    def _verify(self, query: str, passing) -> tuple[Entry | None, float]:
+        """On the executor: the verifier's similarity of the query and each candidate the screen passed."""
+        qw = self.verifier.windows(query)
+        for e, *_ in passing:
+            if e.windows is None:
+                e.windows = self._embed(e.text)
+        return self._best(qw, passing)
+
     async def _verify_async(self, query: str, passing) -> tuple[Entry | None, float]:
-        todo = [e for e, _h, _a in passing if e.windows is None]
+        todo = [e for e, *_ in passing if e.windows is None]
         vecs = await self.verifier.awindows([query] + [e.text for e in todo])
         for e, w in zip(todo, vecs[1:]):
             e.windows = w
-        qw = vecs[0]
         self.verifications += 1
-        best, best_sim = None, 0.0
-        for e, _h, added in passing:
-            s = similarity(qw, e.windows)
-            if s >= self._needed(added) and s > best_sim:
-                best, best_sim = e, s
-        return best, best_sim
+        return self._best(vecs[0], passing)
 
     # ------------------------------------------------------------------ store
 
-    def prepare(self, e: Entry, scope: str, analysis: tuple | None, ckey: int | None, hvec):
-        """Analyse a prompt being stored (once, so no lookup analyses its candidates); its hashed vector
-        when it is long enough for the vector index, else None."""
+    def prepare(self, e: Entry, scope: str, analysis: tuple | None, ckey: int | None, hvec, svec=None):
+        """Analyse a prompt being stored (once, so no lookup analyses its candidates): (hashed vector of
+        a long prompt, static vector of a short one (minilm)), None for the one it does not need."""
         e.analysis = a = analysis or analyse(e.text)
         e.ckey = ckey if ckey is not None else content_key(scope, a)
         if is_long(a):
-            return hvec if hvec is not None else self.hasher.vector(e.text)
-        return None
+            return (hvec if hvec is not None else self.hasher.vector(e.text)), None
+        if self.static is not None and is_short(a):
+            return None, (svec if svec is not None else self.static.vector(e.text))
+        return None, None
+
+    def embed_later(self, e: Entry) -> None:
+        """A short prompt just stored: have the verifier embed it when idle (local verifier only)."""
+        if self.static is None or self.verifier is None or self.verifier.is_async or self._embed_wake is None:
+            return
+        if len(self.to_embed) >= PRE_EMBED_BACKLOG:
+            self.pre_embed_skipped += 1
+            return
+        self.to_embed.append(e)
+        self._embed_wake.set()
+
+    async def pre_embed(self) -> None:
+        """Embed the stored short prompts one at a time on the verifier's executor, lookups first."""
+        self._embed_wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        todo = self.to_embed
+        while True:
+            if not todo:
+                self._embed_wake.clear()
+                await self._embed_wake.wait()
+            if self._pending or not self.verifier.ready:
+                await asyncio.sleep(0.005)
+                continue
+            e = todo.popleft()
+            if e.windows is not None or self.entries.labels.get(e.label) is not e:
+                continue
+            try:
+                e.windows = await loop.run_in_executor(self.executor, self._embed, e.text)
+                self.pre_embedded += 1
+            except Exception as exc:  # noqa: BLE001 - it is embedded on first use instead
+                log.warning("cache: embedding a stored prompt failed: %s", exc)
+
+    async def settled(self) -> None:
+        """Wait until the stored prompts waiting for the verifier are embedded (benchmarks, tests)."""
+        while self.to_embed and self._embed_wake is not None:
+            await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(self.executor, lambda: None)
+
+    def _embed(self, text: str) -> np.ndarray:
+        # Kept per entry in float16 (768 bytes a window): cosines move by ~1e-3.
+        return self.verifier.windows(text).astype(np.float16)
 
     def analyse_later(self, e: Entry) -> None:
         self.unanalysed.append(e)
@@ -223,7 +317,8 @@ class Semantic:
             self._backfill_wake.set()
 
     async def backfill(self) -> None:
-        """Analyse the entries that came from Redis, in slices of ~2 ms at most every other 2 ms.
+        """Analyse the entries that came from Redis (and index a short prompt's static vector), in slices of
+        ~2 ms at most every other 2 ms.
 
         A warm start loads up to max_entries at once: analysing them there would
         delay start-up by seconds, leaving it to lookups would make their first
@@ -239,8 +334,12 @@ class Semantic:
             try:
                 while todo and time.perf_counter() < end:
                     e = todo.popleft()
-                    if e.analysis is None and self.entries.labels.get(e.label) is e:
+                    if self.entries.labels.get(e.label) is not e:
+                        continue
+                    if e.analysis is None:
                         e.analysis = analyse(e.text)
+                    if self.static is not None and not e.indexed & INDEX_STATIC and is_short(e.analysis):
+                        self.entries.add_static(e, self.static.vector(e.text))
             except Exception:  # noqa: BLE001
                 log.exception("cache: analysing a loaded entry failed")
             await asyncio.sleep(0.002)

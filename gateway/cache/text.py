@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import sys
 import unicodedata
+from functools import lru_cache
 from hashlib import blake2b
 from typing import NamedTuple
 
@@ -83,6 +84,10 @@ _SYNONYMS = [
     "use utilize employ",
     "improve better enhance",
     "people person population",
+    "foot feet",
+    "tooth teeth",
+    "mouse mice",
+    "child children",
     "kill terminate",
     "overview summary summarize summarise",
     "recipe recipes",
@@ -136,18 +141,27 @@ LANGUAGES = frozenset(
 )
 
 _NUMBER_WORDS = {
-    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "zero": "0", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
     "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
     "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
     "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50",
     "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
-    "first": "#1", "second": "#2", "third": "#3", "fourth": "#4", "fifth": "#5", "last": "#last",
+    "first": "1", "second": "2", "third": "3", "fourth": "4", "fifth": "5", "last": "#last",
     "half": "0.5", "double": "x2", "twice": "x2", "triple": "x3",
 }
 
 _WORDS = re.compile(r"[a-z0-9]+")
+# "one" is left out of _NUMBER_WORDS: far more often a pronoun ("one of their keys") than a count.
+_ROMAN_VALUES = {"II": "2", "III": "3", "IV": "4", "VI": "6", "VII": "7", "VIII": "8", "IX": "9", "XI": "11", "XII": "12"}
+_ROMAN = re.compile(r"\b(" + "|".join(sorted(_ROMAN_VALUES, key=len, reverse=True)) + r")\b")
+# One name per language: "JS" and "JavaScript" ask for the same code.
+_LANG_ALIASES = {"golang": "go", "js": "javascript", "ts": "typescript", "cpp": "c++", "csharp": "c#",
+                 "node.js": "nodejs", "node": "nodejs", "postgres": "postgresql", "yml": "yaml", "sh": "bash"}
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)*%?")
-_OPS = re.compile(r"(?<=[\s\d(])(?:<=|>=|==|!=|->|=>|\*\*|[-+*/^<>=])(?=[\s\d(])")
+_OPS = re.compile(r"(?<=[\s\d(])(?:===|!==|<=|>=|==|!=|->|=>|\*\*|//|[-+*/^<>=])(?=[\s\d(]|[.,;:?!)]?$)"
+                  r"|(?<=\w)(?:\+\+|--|[-+*/%]=)(?=[\s\d;)]|$)|(?<=\s)(?:[-+*/%]=)(?=\s)")
+# Brackets only count where there is arithmetic: "6 + 6 / 2" and "(6 + 6) / 2" differ.
+_PARENS = re.compile(r"[()]")
 # Identifiers and code: dotted names, snake_case, camelCase, calls, `code`, 'quoted', "quoted" (++: see _ARROWS).
 _IDENTS = re.compile(
     r"`[^`]{1,80}`|'[^'\s][^']{0,60}'|\"[^\"]{1,60}\""
@@ -193,6 +207,11 @@ NEUTRAL_STEMS = frozenset(_stem(w) for w in NEUTRAL)
 _NUMBER_WORD_SET = frozenset(_NUMBER_WORDS)
 NARROWER_WORDS = 1  # content words one prompt may add to the other before it is a narrower question
 LONG_PROMPT_WORDS = 20  # from this many content words (in both prompts) a few may differ
+# Under this many content words a prompt is judged by the contrast veto and the verifier (everyday
+# questions and requests: the labelled pairs have 1-8). Longer ones are mostly a question inside
+# context (the spec mix's 12-100): rewordings there are rare, templates with another topic common,
+# and the veto cannot tell "another topic and another context sentence" from a rewording.
+VETO_WORDS = 12
 
 
 # The guard's equality-only rules, in the order it reports them.
@@ -217,6 +236,12 @@ class Analysis(NamedTuple):
     content: tuple[str, ...]  # stemmed content words and numbers, sorted (a tuple: 8 bytes a word)
     arrows: tuple[tuple[str, str], ...]  # (word before, word after) each direction word ("fahrenh", "celsius")
     seq: tuple[str, ...]  # content words in order of first use (only when there are direction words)
+    # For the contrast veto, short prompts only (under VETO_WORDS content words; empty otherwise):
+    toks: tuple[str, ...]  # content and relation words in order ("~to")
+    names: tuple[str, ...]  # capitalised words after the first (stems)
+    kind: int  # K_* bits: who / when / where / why, an instruction to make something, "what is", "how do I"
+    parts: tuple[str, ...]  # the particles on/off, up/down, in/out, with repeats
+    last: int  # toks[last:] is the last sentence
 
 
 def _digest64(text: str) -> int:
@@ -254,6 +279,11 @@ def content_key(scope: str, a: tuple) -> int:
     return _digest64(f"{scope}\x1f{a[0]:x}\x1f" + " ".join(sorted(canon)))
 
 
+def is_short(a: tuple) -> bool:
+    """Whether the contrast veto judges the prompt (with the static vectors to find it), not the guard."""
+    return len(a[1]) < VETO_WORDS
+
+
 def is_long(a: tuple) -> bool:
     """Whether the guard's long-prompt rule (a few differing words allowed) can apply: then the vector index finds candidates."""
     return len(a[1]) >= LONG_PROMPT_WORDS
@@ -289,7 +319,10 @@ def analyse(text: str) -> tuple:
         m = m.strip().lower()
         if m not in LANGUAGES:
             idents.add(m)
-    ops = tuple(sorted(_OPS.findall(text)))
+    ops = _OPS.findall(text)
+    if ops and "(" in text:
+        ops += _PARENS.findall(text)
+    ops = tuple(sorted(ops))
     low = text.lower()
     langs = set()
     if "c+" in low or "#" in low or ".net" in low or "node.js" in low or "objective-c" in low:
@@ -298,12 +331,14 @@ def analyse(text: str) -> tuple:
     words = _WORDS.findall(low)
     wset = set(words)
     langs.update(wset & LANGUAGES)
-    if "golang" in langs:
-        langs.discard("golang")
-        langs.add("go")
+    for alias in langs & _LANG_ALIASES.keys():
+        langs.discard(alias)
+        langs.add(_LANG_ALIASES[alias])
     numbers = [n.replace(",", "") for n in _NUMBERS.findall(low)]
     for w in wset & _NUMBER_WORD_SET:
         numbers.extend(_NUMBER_WORDS[w] for _ in range(words.count(w)))
+    for r in _ROMAN.findall(text):  # "World War II": uppercase numerals of two letters or more
+        numbers.append(_ROMAN_VALUES[r])
     content = {_stem_cached(w) for w in wset - STOPWORDS - NEGATIONS - _NUMBER_WORD_SET}
     content.update(numbers)
     arrows: tuple[tuple[str, str], ...] = ()
@@ -312,11 +347,34 @@ def analyse(text: str) -> tuple:
         arrows = tuple((_stem_cached(x), _stem_cached(y)) for x, y in _ARROWS.findall(low)
                        if x not in STOPWORDS and y not in STOPWORDS)
         seq = tuple(dict.fromkeys([_stem_cached(w) for w in words if w not in STOPWORDS]))
+    toks: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
+    kind = last = 0
+    if len(content) < VETO_WORDS:
+        # For the contrast veto (short prompts): the content words in order (synonyms as their group,
+        # relation words as "~to" ...), the capitalised names, the kind of request.
+        toks = tuple(_tok(w) for w in words if w not in _SKIP or w in RELATION_WORDS)
+        # Where the last sentence starts (the question after a context sentence: "I am confused. List ...").
+        cut = max(low.rfind(". "), low.rfind("? "), low.rfind("! "), low.rfind(": "))
+        if cut > 0:
+            head = _WORDS.findall(low[:cut])
+            last = sum(1 for w in head if w not in _SKIP or w in RELATION_WORDS)
+        names = tuple(sorted({_stem_cached(m) for m in map(str.lower, _NAMES.findall(text))
+                              if m not in _NOT_NAMES and m not in LANGUAGES and m not in _NUMBER_WORD_SET
+                              and m.upper() not in _ROMAN_VALUES}))
+        kind = _kind(words)
+        parts = tuple(sorted(w for w in words if w in _PARTICLES))
     return (
         _signature(tuple(sorted(numbers)), bool(wset & NEGATIONS), tuple(sorted(langs)), ops, tuple(sorted(idents))),
         tuple(sorted(content)),
         arrows,
         seq,
+        toks,
+        names,
+        kind,
+        parts,
+        last,
     )
 
 
@@ -331,9 +389,26 @@ def _same(a: str, b: str) -> bool:
     return len(short) >= 4 and long.startswith(short) and len(long) - len(short) <= 3
 
 
+def _pair_words(only_a: list[str], only_b: list[str], shared: set[str], same) -> tuple[list[str], list[str]]:
+    """The words of each side that pair with none of the other's under ``same`` (paired ones join ``shared``)."""
+    if not (only_a and only_b):
+        return only_a, only_b
+    rest, keep = list(only_b), []
+    for x in only_a:
+        for y in rest:
+            if same(x, y):
+                rest.remove(y)
+                shared.add(x)
+                break
+        else:
+            keep.append(x)
+    return keep, rest
+
+
 def _direction_flip(a: tuple, b: tuple, shared: set[str]) -> bool:
     """"X to Y" in one prompt, Y before X in the other ("Celsius to Fahrenheit")."""
-    for (_, _, arrows, p_seq), (_, _, _, q_seq) in ((a, b), (b, a)):
+    for p, q in ((a, b), (b, a)):
+        arrows, p_seq, q_seq = p[2], p[3], q[3]
         for x, y in arrows:
             if x in shared and y in shared and x != y:
                 if x not in q_seq or y not in q_seq:
@@ -360,18 +435,7 @@ def guard(a: tuple, b: tuple) -> tuple[str | None, int]:
     only_a = [w for w in ca - cb if w not in NEUTRAL_STEMS]
     only_b = [w for w in cb - ca if w not in NEUTRAL_STEMS]
     # Pair off words that are the same word (synonym, prefix/inflection).
-    if only_a and only_b:
-        rest_b = list(only_b)
-        keep_a = []
-        for x in only_a:
-            for y in rest_b:
-                if _same(x, y):
-                    rest_b.remove(y)
-                    shared.add(x)
-                    break
-            else:
-                keep_a.append(x)
-        only_a, only_b = keep_a, rest_b
+    only_a, only_b = _pair_words(only_a, only_b, shared, _same)
     if only_a and only_b:
         if len(only_a) <= 2 and len(only_b) <= 2 and shared:
             # The same frame with a swapped slot: "by value" / "by key".
@@ -392,3 +456,282 @@ def guard(a: tuple, b: tuple) -> tuple[str | None, int]:
         # shared words dominate, so no threshold can tell them apart.
         return "narrower", added
     return None, added
+
+
+# ----------------------------------------------------------------------------- the contrast veto
+
+# Words that relate two others ("X to Y", "X in a Y", "X than Y"): two words that swap sides of one
+# of these ask the opposite question ("Celsius to Fahrenheit", "liters in a gallon").
+_RELATION_GROUP = {"to": 0, "into": 0, "onto": 0, "from": 1, "in": 2, "per": 2, "than": 3, "over": 4,
+                   "under": 4, "before": 5, "after": 5, "vs": 6, "versus": 6}
+RELATION_WORDS = frozenset(_RELATION_GROUP)
+# Left out of the word sequence: function words, negations (a literal), numbers (a literal) and the
+# words that only frame a request ("explain", "tell me"; not "quick" or "mean": "quick sort", "the mean").
+_FRAMING = frozenset("explain describe tell give show help know want need please briefly simply question answer".split())
+_SKIP = STOPWORDS | NEGATIONS | _FRAMING | _NUMBER_WORD_SET - {"first", "second", "third", "last"}
+# Capitalised words after the first: names (countries, products, people). Sentence starts, "I" and
+# acronyms of one letter are not.
+_NAMES = re.compile(r"(?<=[a-z0-9,;:] )[A-Z][a-z][A-Za-z]*")  # not acronyms (HTTP, GET, US)
+_NOT_NAMES = frozenset("i im ive id please thanks hi hey one".split())
+# Opposites an embedder scores as near-identical: a prefix that negates the word ("install" /
+# "uninstall", "like" / "dislike", "safe" / "unsafe") and a few pairs that share no prefix.
+_NEGATING_PREFIXES = ("un", "dis", "in", "im", "ir", "il", "non", "de", "anti")
+_OPPOSITES = [
+    "advanta disadva", "benefit drawbac", "pro con", "increas decreas", "add remov", "upload downloa",
+    "import export", "push pull", "open close", "start stop", "enabl disabl", "allow block", "allow deny",
+    "accept reject", "buy sell", "win lose", "max min", "maximum minimum", "larg small", "largest smallest",
+    "big small", "high low", "fast slow", "hot cold", "old new", "befor after", "over under", "cause effect",
+    "encrypt decrypt", "compres decompr", "serializ deseria", "encod decod", "read writ", "input output",
+    "send receiv", "find remov", "show hide", "freez thaw", "lock unlock", "mount unmount", "zip unzip", "best worst",
+    "more less", "overeat underea", "overwei underwe", "boil freez", "melt freez", "first last",
+    "awake asleep", "wake sleep", "gain lose", "win los", "formal informa",
+]
+# Particles that flip a phrasal verb: "turn on" / "turn off", "log in" / "log out".
+_PARTICLES = frozenset("on off up down in out".split())
+_PARTICLE_PAIRS = (("on", "off"), ("up", "down"), ("in", "out"))
+_OPPOSITE_PAIRS = tuple(tuple(p.split()) for p in _OPPOSITES)  # word beginnings (stems)
+# The kind of request, from its words: an answer to "who" is not one to "why".
+K_WHO, K_WHEN, K_WHERE, K_WHY, K_MAKE, K_FACT, K_HOWTO, K_ASK = 1, 2, 4, 8, 16, 32, 64, 128
+_ASK_WORDS = frozenset("what whats which how who when where why is are was were do does did can could should "
+                       "would will whom whose".split())
+_MAKE_VERBS = frozenset("write create generate compose draft implement code build make design draw".split())
+_HOWTO = re.compile(r"\bhow (?:do|can|should|would|could) (?:i|we|you|one)\b|\b(?:way|ways|steps|method) (?:to|for)\b")
+_WHEN = re.compile(r"\bwhen (?:did|was|were|is|are|does|do|will|should|can|could)\b")
+_WHERE = re.compile(r"\bwhere (?:did|was|were|is|are|does|do|will|should|can|could)\b")
+# Words that, added to a request, ask for another answer on the same topic: an audience, a form, an aspect.
+_MODIFIERS = frozenset(_stem(w) for w in """
+    example examples beginner beginners student students child children kid kids expert experts advanced
+    simple detailed history historical context criticism criticisms analogy diagram tutorial
+    """.split())
+# Aspects of a topic: added to a request ("what is X" / "what are the risks of X"), another question.
+_ASPECTS = frozenset(_stem(w) for w in """
+    pros cons risk risks advantages disadvantages benefits drawbacks limitations alternatives ethical economic
+    matters
+    """.split())
+SLOT_WORDS = 2  # a slot: one run of at most this many words, as many on each side
+
+
+def _tok(w: str) -> str:
+    # The word itself (a typo stays one letter off; synonyms are for _alike), a relation as "~to".
+    if w in RELATION_WORDS:
+        return "~" + w
+    return _LANG_ALIASES.get(w) or sys.intern(w)
+
+
+def _group(w: str) -> int | None:
+    g = SYNONYM_OF.get(w)
+    return g if g is not None else SYNONYM_OF.get(_stem_cached(w))
+
+
+def _kind(words: list[str]) -> int:
+    k = 0
+    head = words[:4]
+    if "who" in head or "whom" in head or "whose" in head:
+        k |= K_WHO
+    # "When did ...", "what year": a date; "when I run X, how do I ..." is not a question about time.
+    if _WHEN.search(" ".join(head)) or ("year" in head and ("what" in head or "which" in head)):
+        k |= K_WHEN
+    if _WHERE.search(" ".join(head)):
+        k |= K_WHERE
+    if "why" in head:
+        k |= K_WHY
+    first = next((w for w in words if w not in ("please", "can", "could", "you", "would", "kindly", "now")), "")
+    if first in _MAKE_VERBS:
+        k |= K_MAKE
+    if first in _ASK_WORDS:
+        k |= K_ASK
+    if words[:2] in (["what", "is"], ["what", "are"], ["whats"], ["what", "was"], ["what", "were"]) \
+            and not {"way", "ways", "best", "method"} & set(words[:6]):
+        k |= K_FACT
+    if _HOWTO.search(" ".join(words[:10])):
+        k |= K_HOWTO
+    return k
+
+
+def _typo(a: str, b: str) -> bool:
+    """One letter added or dropped (words of 4+ letters), changed, or two neighbours swapped (5+)."""
+    if abs(len(a) - len(b)) > 1 or min(len(a), len(b)) < 4:
+        return False
+    if len(a) == len(b):
+        if len(a) < 5:
+            return False
+        d = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(d) == 1 or (len(d) == 2 and d[1] == d[0] + 1 and a[d[0]] == b[d[1]] and a[d[1]] == b[d[0]])
+    s, t = (a, b) if len(a) < len(b) else (b, a)
+    i = 0
+    while i < len(s) and s[i] == t[i]:
+        i += 1
+    return s[i:] == t[i + 1:]
+
+
+@lru_cache(maxsize=1 << 16)
+def _alike(a: str, b: str) -> bool:
+    """The same word: equal, synonyms, an inflection (same stem, or a prefix), a typo."""
+    if a == b:
+        return True
+    if a[0] == "~" or b[0] == "~":
+        return False
+    ga = _group(a)
+    if ga is not None and ga == _group(b):
+        return True
+    return _same(a, b) or _same(_stem_cached(a), _stem_cached(b)) or _typo(a, b)
+
+
+@lru_cache(maxsize=1 << 14)
+def _opposite(x: str, y: str) -> bool:
+    for p, q in _OPPOSITE_PAIRS:
+        if (x.startswith(p) and y.startswith(q)) or (x.startswith(q) and y.startswith(p)):
+            return True
+    for p in _NEGATING_PREFIXES:  # stems are cut at 7 letters: "disadva" / "advanta"
+        for u, v in ((x, y), (y, x)):
+            rest = v[len(p):]
+            if v.startswith(p) and len(rest) >= 4 and (u.startswith(rest) or rest.startswith(u)):
+                return True
+    return False
+
+
+def _unpaired(a: tuple, b: tuple) -> tuple[list[str], list[str], set[str]]:
+    ca, cb = set(a[1]), set(b[1])
+    shared = ca & cb
+    only_a = [w for w in ca - cb if w not in NEUTRAL_STEMS]
+    only_b = [w for w in cb - ca if w not in NEUTRAL_STEMS]
+    only_a, only_b = _pair_words(only_a, only_b, shared, _alike)
+    return only_a, only_b, shared
+
+
+def _slot(ta: tuple, tb: tuple) -> tuple[tuple, tuple, int] | None:
+    """The one differing run of two word sequences that are otherwise equal: (run of a, run of b, frame length)."""
+    n, m = len(ta), len(tb)
+    i = 0
+    while i < n and i < m and _alike(ta[i], tb[i]):
+        i += 1
+    j = 0
+    while j < n - i and j < m - i and _alike(ta[n - 1 - j], tb[m - 1 - j]):
+        j += 1
+    return ta[i:n - j], tb[i:m - j], i + j
+
+
+def _qualifier(ta: tuple, tb: tuple) -> bool:
+    """``tb`` is ``ta`` with a relation and new words added in one place ("... in Python" -> "... in Python 3
+    on Windows", "GDP of X" -> "GDP per capita of X")."""
+    if len(tb) <= len(ta) or not ta or not tb or not _alike(ta[0], tb[0]):
+        return False  # added in front: a greeting, "thanks in advance", framing
+    ra, rb, _ = _slot(ta, tb)
+    return not ra and len(rb) >= 2 and rb[0][0] == "~" and any(w[0] != "~" for w in rb)
+
+
+def _swapped(ca: tuple, cb: tuple) -> bool:
+    """One slot of at most SLOT_WORDS words swapped in an otherwise equal frame (3 words when the frame has 2+)."""
+    ra, rb, frame = _slot(ca, cb)
+    if not (ra and rb and frame) or _pair_off(ra, rb):
+        return False
+    n = SLOT_WORDS + (frame >= 2)
+    return len(ra) <= n and len(rb) <= n
+
+
+def _pair_off(ra: tuple, rb: tuple) -> bool:
+    """Every word of the shorter run is a word of the other (the same words reordered, or a few added)."""
+    if len(ra) > len(rb):
+        ra, rb = rb, ra
+    rest = list(rb)
+    for x in ra:
+        for y in rest:
+            if _alike(x, y):
+                rest.remove(y)
+                break
+        else:
+            return False
+    return True
+
+
+def _reversed_relation(ta: tuple, tb: tuple) -> bool:
+    """The same relations in the same order, and two words that swap sides of one ("km to miles" / "miles to km")."""
+    def sides(t: tuple) -> list:
+        # Per relation word: its group, the content words before it, those after it.
+        out = []
+        for k in [k for k, w in enumerate(t) if w[0] == "~"]:
+            left = [w for w in t[:k] if w[0] != "~"]
+            right = [w for w in t[k + 1:] if w[0] != "~"]
+            if left and right:
+                out.append((_RELATION_GROUP[t[k][1:]], left, right))
+        return out
+    if "~" not in {w[0] for w in ta} or "~" not in {w[0] for w in tb}:
+        return False
+    sa, sb = sides(ta), sides(tb)
+    if [x[0] for x in sa] != [x[0] for x in sb]:
+        return False  # other relations, or a clause moved ("in bash, how do I ..." / "how do I ... in bash")
+    def moved(xs: list, to: list, frm: list) -> bool:  # a word of xs on the other side only
+        return any(any(_alike(x, w) for w in to) and not any(_alike(x, w) for w in frm) for x in xs)
+    return any(moved(la, rb, lb) and moved(ra, lb, rb) for (_, la, ra), (_, lb, rb) in zip(sa, sb))
+
+
+def veto(a: tuple, b: tuple) -> str | None:
+    """The contrast between two short prompts that an embedder misses, if any (None: let it judge).
+
+    Not a demand that every word pair off: added or dropped context words,
+    synonyms and rewordings are the embedder's to judge. Vetoed: other
+    literals (numbers, negation, languages, operators, identifiers); a word
+    and its opposite; two words that swap sides of a relation ("X to Y");
+    other names; one slot swapped in an otherwise equal frame (a sibling:
+    "Canada" / "Brazil", "merge sort" / "quick sort"); another kind of request
+    (who / why / when / where, "what is X" / "write X", "what is X" / "how do I X").
+    """
+    if a[0] != b[0]:
+        x = a[0] ^ b[0]
+        return LITERAL_RULES[((x & -x).bit_length() - 1) // 64]
+    pa, pb = a[7], b[7]
+    if pa != pb:
+        for p, q in _PARTICLE_PAIRS:  # one has a "p" more, the other a "q" more
+            dp, dq = pa.count(p) - pb.count(p), pa.count(q) - pb.count(q)
+            if dp * dq < 0:
+                return "opposite"
+    ca, cb = set(a[1]), set(b[1])
+    for x in ca - cb:
+        for y in cb - ca:
+            if _opposite(x, y):
+                return "opposite"
+    ta, tb = a[4], b[4]
+    if _reversed_relation(ta, tb):
+        return "direction"
+    na, nb = set(a[5]), set(b[5])
+    xa = xb = ()
+    if na != nb:
+        xa = [x for x in na - nb if not any(_alike(x, y) for y in b[1])]
+        xb = [y for y in nb - na if not any(_alike(y, x) for x in a[1])]
+        if xa and xb:
+            return "names"
+    ka, kb = a[6], b[6]
+    diff = ka ^ kb
+    if diff & (K_WHO | K_WHEN | K_WHERE):
+        return "kind"
+    if (ka & K_MAKE and kb & (K_FACT | K_WHY)) or (kb & K_MAKE and ka & (K_FACT | K_WHY)):
+        return "kind"
+    if (ka & K_FACT and kb & K_HOWTO) or (kb & K_FACT and ka & K_HOWTO):
+        return "kind"
+    if diff & K_WHY and not (ka & K_ASK and kb & K_ASK):
+        return "kind"  # "why ...?" and an instruction ("tell me a joke about X" / "why does X tell jokes")
+    only_a, only_b, _ = _unpaired(a, b)
+    ma, mb = set(only_a) & _MODIFIERS, set(only_b) & _MODIFIERS
+    if ma != mb:
+        return "narrower"  # "explain X" / "explain X with an example", "... for a beginner", "... in history"
+    if bool(only_a) != bool(only_b):
+        if xa or xb:
+            return "names"  # a name one prompt adds: "install Python" / "install Python on a Raspberry Pi"
+        if any(w in _ASPECTS for w in only_a + only_b):
+            return "narrower"  # "what is X" / "what are the risks of X"
+        if _qualifier(ta, tb) or _qualifier(tb, ta):
+            return "narrower"  # "the GDP of X" / "the GDP per capita of X"
+    ca = tuple(t for t in ta if t[0] != "~")
+    cb = tuple(t for t in tb if t[0] != "~")
+    if _swapped(ca, cb):
+        return "swap"
+    if a[8] or b[8]:  # the same for the last sentences (other context before the question)
+        if _swapped(tuple(t for t in ta[a[8]:] if t[0] != "~"), tuple(t for t in tb[b[8]:] if t[0] != "~")):
+            return "swap"
+    return None
+
+
+def added_words(a: tuple, b: tuple) -> int:
+    """Content words one prompt has that the other lacks, when the other adds none (a narrower question)."""
+    only_a, only_b, _ = _unpaired(a, b)
+    return len(only_a) + len(only_b) if not only_a or not only_b else 0
