@@ -37,7 +37,6 @@ from typing import Callable
 
 from gateway.errors import GatewayError
 from gateway.request import prompt_estimate
-from gateway.shapes import content_chars
 
 log = logging.getLogger("gateway")
 
@@ -608,11 +607,10 @@ class StreamMeter:
         self.req = req
         self.prompt = req.prompt_tokens()
 
-    def __call__(self, batch: list[dict]) -> None:
-        chars = content_chars(batch)
+    def __call__(self, chars: int) -> None:
+        """``chars``: the answer characters a batch brought (the pipeline has added them to the outcome)."""
         if chars:
             out = self.req.outcome
-            out.content_chars += chars  # the pipeline counts it here when a meter runs (else itself)
             over = self.used - out.reserved_tokens - out.charged_tokens
             if over > 0:
                 out.charged_tokens += over

@@ -39,7 +39,7 @@ class ChatRequest:
     max_upstream_bytes: int = 16 * 1_048_576  # GATEWAY_MAX_UPSTREAM_BYTES: a provider's whole answer
     max_event_bytes: int = 1_048_576  # GATEWAY_MAX_EVENT_BYTES: one event of a provider's stream
     budget: Any = None  # the cost reserved against the key's budget at admission (gateway/budget.py), settled at finish
-    meter: Any = None  # meter(batch) per streamed batch when a token limit applies (gateway/ratelimit.py)
+    meter: Any = None  # meter(chars) per streamed batch when a token limit applies (gateway/ratelimit.py)
     kind: str = "chat"  # "chat" | "embeddings" (gateway.embeddings): which adapter functions serve it
     prompt_estimate: int = -1  # prompt_tokens()'s figure once computed
 

@@ -63,21 +63,3 @@ def tool_call_delta(index: int, arguments: str, id: str | None = None, name: str
         call["function"] = {"arguments": arguments}
     return {"tool_calls": [call]}
 
-
-def content_chars(batch: list[dict]) -> int:
-    """Characters of answer in a batch of stream chunks: content, tool calls' names and arguments
-    (what a stream cut before its usage is estimated from, at 4 characters a token)."""
-    chars = 0
-    for chunk in batch:
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta")
-            if delta:
-                content = delta.get("content")
-                if content:
-                    chars += len(content)
-                calls = delta.get("tool_calls")
-                if calls:
-                    for call in calls:
-                        fn = call.get("function") or {}
-                        chars += len(fn.get("arguments") or "") + len(fn.get("name") or "")
-    return chars

@@ -26,6 +26,21 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Return the data payloads of every event completed by ``chunk``."""
+        # The common read: whole one-line ``data: ...`` events and nothing left over from the last read
+        # (OpenAI's stream, the simulator's). Split in C instead of a Python loop per line; any other
+        # shape (names, comments, CRLF, a partial event) takes the general path, nothing consumed yet.
+        if not self._buf and not self._data and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            out: list[bytes] = []
+            for event in chunk[:-2].split(b"\n\n"):
+                if not event.startswith(b"data: ") or b"\n" in event:
+                    return self._feed(chunk)
+                if len(event) - 6 > self._max:
+                    raise self._too_large()
+                out.append(event[6:])
+            return out
+        return self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> list[bytes]:
         buf = self._buf + chunk if self._buf else chunk
         out: list[bytes] = []
         start = 0

@@ -17,7 +17,7 @@ from gateway.errors import GatewayError, upstream_error
 from gateway.providers import get_adapter
 from gateway.embeddings import KIND as EMBEDDINGS
 from gateway.providers.base import Deployment, StreamState
-from gateway.providers.common import check_chunk, check_completion
+from gateway.providers.common import check_chunks, check_completion
 from gateway.request import ChatRequest
 from gateway.sse import DONE_DATA, SSEDecoder
 from gateway.transport import Transport, UpstreamResponse, timed_out
@@ -90,7 +90,7 @@ def _cut(label: str) -> GatewayError:
 class UpstreamStream:
     """An open provider stream, yielding batches of OpenAI chunks per network read.
 
-    Every chunk is checked (``check_chunk``); a stream that ends without its
+    Every chunk is checked (``check_chunks``, which also counts the answer's characters into the state); a stream that ends without its
     end marker (``[DONE]``, or a finish reason: Anthropic's and Gemini's last
     events carry one) is cut, an error rather than a complete answer; and a
     stream that sends only SSE comments for ``idle`` seconds has timed out,
@@ -132,8 +132,7 @@ class UpstreamStream:
                         done = True
                     out.extend(parse(data, state))
                 if out:
-                    for c in out:
-                        check_chunk(c, label)
+                    state.content_chars += check_chunks(out, label)
                     yield out
             out = []
             for data in decoder.flush():
@@ -141,8 +140,7 @@ class UpstreamStream:
                     done = True
                 out.extend(parse(data, state))
             if out:
-                for c in out:
-                    check_chunk(c, label)
+                state.content_chars += check_chunks(out, label)
                 yield out
             if not done and state.finish_reason is None:
                 raise _cut(label)

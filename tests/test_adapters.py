@@ -814,3 +814,33 @@ def test_output_validates_against_the_openai_sdk_types(adapter, deployment, resp
         types.ChatCompletionChunk.model_validate(c, strict=True)
     usage_chunk = {"id": state.id, "object": "chat.completion.chunk", "created": state.created, "model": state.model, "choices": [], "usage": state.usage}
     types.ChatCompletionChunk.model_validate(usage_chunk, strict=True)
+
+
+def test_sse_decoder_fast_path_gives_what_the_line_loop_gives():
+    # Whole one-line data events take a split-in-C path; every other shape the line loop. Fed in reads
+    # cut at every size, both must give the same payloads, for every way providers frame events.
+    events = [b'{"a":1}', b'{"b":"x y"}', b"[DONE]"]
+    streams = {
+        "plain": b"".join(b"data: " + e + b"\n\n" for e in events),
+        "crlf": b"".join(b"data: " + e + b"\r\n\r\n" for e in events),
+        "named": b"".join(b"event: m\ndata: " + e + b"\n\n" for e in events),
+        "comments": b": ping\n\n" + b"".join(b"data: " + e + b"\n\n: ping\n\n" for e in events),
+        "no space": b"".join(b"data:" + e + b"\n\n" for e in events),
+        "multi-line": b'data: {"a":\ndata: 1}\n\n' + b"data: [DONE]\n\n",
+        "extra blank lines": b"".join(b"data: " + e + b"\n\n\n" for e in events),
+    }
+    for name, raw in streams.items():
+        want = payloads(raw, step=1)  # one byte a read: never the fast path
+        for step in range(2, len(raw) + 1):
+            assert payloads(raw, step) == want, (name, step)
+        assert payloads(raw, len(raw)) == want
+    assert payloads(streams["plain"], len(streams["plain"])) == events
+    assert payloads(streams["multi-line"], 1000) == [b'{"a":\n1}', b"[DONE]"]
+
+
+def test_sse_decoder_fast_path_still_bounds_an_event():
+    decoder = SSEDecoder(max_event=10)
+    assert decoder.feed(b"data: 0123456789\n\n") == [b"0123456789"]
+    with pytest.raises(GatewayError) as e:
+        decoder.feed(b"data: 0123456789a\n\n")
+    assert e.value.code == "upstream_too_large"

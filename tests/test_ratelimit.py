@@ -12,6 +12,7 @@ from gateway.auth import ApiKey
 from gateway.config import load_settings
 from gateway.http.asgi import Gateway
 from gateway.pipeline.outcome import Outcome
+from gateway.providers.common import check_chunks
 from gateway.ratelimit import Bucket, Limiter, format_reset, prompt_estimate, reservation
 from gateway.request import ChatRequest
 from gateway.simulator import SimulatorProcess
@@ -128,6 +129,14 @@ def test_token_reservation_and_settlement():
     assert bucket() == 600 - 25
 
 
+def relay(r, batch):
+    """What the pipeline does with each streamed batch: the upstream stream counts its characters as it
+    checks it, the outcome gets them, then the meter is told."""
+    chars = check_chunks(batch, "test")
+    r.outcome.content_chars += chars
+    r.meter(chars)
+
+
 def test_stream_is_charged_while_it_runs():
     lim, key, clock = local_limiter(RATE_LIMIT_TOKENS_PER_MINUTE="600", RATE_LIMIT_DEFAULT_MAX_TOKENS="10")
     r = request(key, stream=True)
@@ -135,10 +144,10 @@ def test_stream_is_charged_while_it_runs():
     assert r.meter is not None and r.outcome.reserved_tokens == prompt_estimate(r.body) + 10
     start = lim.local[(API_KEY, "tok")].level(clock.now)
     chunk = {"choices": [{"index": 0, "delta": {"content": "word " * 40}}]}  # 200 characters: ~50 tokens
-    r.meter([chunk])
+    relay(r, [chunk])
     mid = lim.local[(API_KEY, "tok")].level(clock.now)
     assert start - mid == pytest.approx(50 - 10, abs=1)  # beyond the reservation, counted before the end
-    r.meter([chunk] * 4)
+    relay(r, [chunk] * 4)
     assert start - lim.local[(API_KEY, "tok")].level(clock.now) == pytest.approx(250 - 10, abs=1)
     # The provider's real usage settles it: 300 completion tokens in all.
     finish(lim, r, prompt_estimate(r.body), 300)
@@ -149,7 +158,7 @@ def test_cut_stream_without_usage_pays_what_was_metered():
     lim, key, clock = local_limiter(RATE_LIMIT_TOKENS_PER_MINUTE="6000", RATE_LIMIT_DEFAULT_MAX_TOKENS="1000")
     r = request(key, stream=True)
     lim(r)
-    r.meter([{"choices": [{"index": 0, "delta": {"content": "x" * 80}}]}])  # 20 tokens, then the client left
+    relay(r, [{"choices": [{"index": 0, "delta": {"content": "x" * 80}}]}])  # 20 tokens, then the client left
     finish(lim, r, 0, 0)  # no usage reported
     assert 6000 - lim.local[(API_KEY, "tok")].level(clock.now) == prompt_estimate(r.body) + 20  # not the 1000 reserved
 

@@ -16,7 +16,6 @@ from typing import AsyncIterator
 from gateway.cache import Cache, replay_chunks
 from gateway import shapes
 from gateway.request import ChatRequest
-from gateway.shapes import content_chars
 from gateway.routing.router import Router
 from gateway.upstream import UpstreamStream
 
@@ -59,10 +58,11 @@ class Pipeline:
         """The first batch (already received, so failover happened before any byte), the rest, and the
         upstream stream (to close, even if the rest is never iterated)."""
         first, rest, upstream_stream = await self.router.stream(req, req.group)
+        # The winning attempt's own count (a hedge's loser counted into its own state, not here).
+        chars = upstream_stream.state.content_chars
+        req.outcome.content_chars += chars  # a cut stream's usage is estimated from what was relayed
         if req.meter is not None:
-            req.meter(first)  # counts the content into the outcome too
-        else:
-            req.outcome.content_chars += content_chars(first)
+            req.meter(chars)
         collector = _Collector() if self.cache is not None and not req.outcome.rerouted else None
         if collector is not None:
             collector.add(first)
@@ -72,12 +72,15 @@ class Pipeline:
         state = s.state
         meter = req.meter  # token limits count a stream while it runs, not only when it ends
         out = req.outcome
+        seen = state.content_chars  # counted by the upstream stream as it checks each batch
         try:
             async for batch in rest:
-                if meter is not None:
-                    meter(batch)
-                else:
-                    out.content_chars += content_chars(batch)  # a cut stream's usage is estimated from it
+                now = state.content_chars
+                if now != seen:
+                    out.content_chars += now - seen
+                    if meter is not None:
+                        meter(now - seen)
+                    seen = now
                 if collector is not None:
                     collector.add(batch)
                 yield batch

@@ -63,6 +63,7 @@ class StreamState:
     usage: dict | None = None
     finish_reason: str | None = None
     extra: dict = field(default_factory=dict)
+    content_chars: int = 0  # answer characters in the chunks checked so far (gateway/upstream.py)
 
 
 @dataclass(frozen=True, slots=True)

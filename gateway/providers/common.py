@@ -214,8 +214,40 @@ def check_completion(obj: dict, label: str) -> dict:
 
 def check_chunk(obj: dict, label: str) -> None:
     """One ``chat.completion.chunk`` from an adapter, checked as ``check_completion`` checks answers."""
-    choices = obj.get("choices")
-    if not isinstance(choices, list):
-        raise bad_upstream(label, "a stream chunk has no 'choices' array")
-    for c in choices:
-        _check_choice(c, "delta", label)
+    check_chunks((obj,), label)
+
+
+def check_chunks(chunks, label: str) -> int:
+    """A batch of ``chat.completion.chunk`` dicts checked like ``check_chunk``, in one pass that also counts
+    their answer characters (content, tool calls' names and arguments: what a stream cut before its usage
+    is estimated from). One walk instead of a check and a count per chunk: on a 30-chunk stream the two
+    were a fifth of our own bytecode."""
+    chars = 0
+    for obj in chunks:
+        choices = obj.get("choices")
+        if type(choices) is not list:
+            raise bad_upstream(label, "a stream chunk has no 'choices' array")
+        for c in choices:
+            if type(c) is not dict:
+                raise bad_upstream(label, "a choice is not an object")
+            delta = c.get("delta")
+            if type(delta) is not dict:
+                raise bad_upstream(label, "a choice's 'delta' is not an object")
+            content = delta.get("content")
+            if content is not None:
+                if type(content) is not str:
+                    raise bad_upstream(label, "a choice's 'delta.content' is not a string")
+                chars += len(content)
+            reason = c.get("finish_reason")
+            if reason is not None and type(reason) is not str:
+                raise bad_upstream(label, "a choice's 'finish_reason' is not a string")
+            if type(c.get("index", 0)) is not int:
+                raise bad_upstream(label, "a choice's 'index' is not an integer")
+            calls = delta.get("tool_calls")
+            if calls:
+                for call in calls:
+                    fn = call.get("function") if type(call) is dict else None
+                    if type(fn) is dict:
+                        args, name = fn.get("arguments"), fn.get("name")
+                        chars += (len(args) if type(args) is str else 0) + (len(name) if type(name) is str else 0)
+    return chars
