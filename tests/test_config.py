@@ -193,3 +193,18 @@ def test_database_url_gets_its_async_driver(raw, want):
 def test_a_bad_database_url_is_one_line(raw):
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         load_settings({"DATABASE_URL": raw})
+
+
+def test_serve_exits_2_with_one_line_on_an_unusable_sqlite_file(tmp_path) -> None:
+    # Any file SQLite refuses (here: not a database; also a deleted file's leftover -wal/-shm, "disk I/O
+    # error") stops `gateway serve` with one line naming it, not a traceback from inside the migration.
+    db = tmp_path / "gateway.db"
+    db.write_bytes(b"this is not an SQLite file" * 200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve"],
+        env=clean_env(DATABASE_URL=f"sqlite:///{db}"), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL" in lines[0] and str(db) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -13,6 +13,7 @@ import logging
 import sys
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 
 from gateway.config import ConfigError, load_settings
 from gateway.db.engine import settings_engine
@@ -43,7 +44,13 @@ def prepare(settings) -> None:
         return
     logging.getLogger("alembic").setLevel(logging.WARNING)  # serve's first log line stays the one that matters
     if settings.database_url.startswith("sqlite"):
-        upgrade(settings.database_url)  # the gateway owns its embedded file: nobody else would run the migration
+        try:
+            upgrade(settings.database_url)  # the gateway owns its embedded file: nobody else would run the migration
+        except DBAPIError as exc:
+            # Not a database, unreadable, or a deleted file's -wal/-shm left beside it ("disk I/O error"):
+            # one line naming the file, not a traceback from inside the migration.
+            _die(f"DATABASE_URL: cannot use {settings.database_url}: {exc.orig} "
+                 "(move the file and any -wal/-shm beside it away, or set DATABASE_URL=off)")
         return
 
     async def check() -> None:
