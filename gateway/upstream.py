@@ -90,9 +90,10 @@ def _cut(label: str) -> GatewayError:
 class UpstreamStream:
     """An open provider stream, yielding batches of OpenAI chunks per network read.
 
-    Every chunk is checked (``check_chunks``, which also counts the answer's characters into the state); a stream that ends without its
-    end marker (``[DONE]``, or a finish reason: Anthropic's and Gemini's last
-    events carry one) is cut, an error rather than a complete answer; and a
+    Every chunk is checked (``check_chunks``, which also counts the answer's
+    characters into the state); a stream that ends without its end marker
+    (``[DONE]``, or a finish reason: Anthropic's and Gemini's last events
+    carry one) is cut, an error rather than a complete answer; and a
     stream that sends only SSE comments for ``idle`` seconds has timed out,
     though each comment resets the transport's per-read bound.
     """

@@ -212,16 +212,11 @@ def check_completion(obj: dict, label: str) -> dict:
     return obj
 
 
-def check_chunk(obj: dict, label: str) -> None:
-    """One ``chat.completion.chunk`` from an adapter, checked as ``check_completion`` checks answers."""
-    check_chunks((obj,), label)
-
-
 def check_chunks(chunks, label: str) -> int:
-    """A batch of ``chat.completion.chunk`` dicts checked like ``check_chunk``, in one pass that also counts
-    their answer characters (content, tool calls' names and arguments: what a stream cut before its usage
-    is estimated from). One walk instead of a check and a count per chunk: on a 30-chunk stream the two
-    were a fifth of our own bytecode."""
+    """A batch of ``chat.completion.chunk`` dicts from an adapter, checked as ``check_completion`` checks
+    answers, in one pass that also counts their answer characters (content, tool calls' names and
+    arguments: what a stream cut before its usage is estimated from). One walk instead of a check and
+    a count per chunk: on a 30-chunk stream the two were a fifth of our own bytecode."""
     chars = 0
     for obj in chunks:
         choices = obj.get("choices")
