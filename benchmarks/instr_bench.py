@@ -110,31 +110,55 @@ def wrk(port: int, lua: Path, seconds: int, conns: int) -> dict:
     return json.loads(m.group(1))
 
 
-def measure(t: Target, lua: Path, seconds: int, conns: int, label: str) -> dict:
-    w = t.worker()
-    wrk(t.port, lua, 4, conns)  # warm: connections, the transport's pool, lazily built objects
-    subprocess.run(["callgrind_control", "-z", str(w)], capture_output=True, check=True)
-    res = wrk(t.port, lua, seconds, conns)
+def _count(t: Target, w: int, label: str) -> int:
     subprocess.run(["callgrind_control", "-d", label, str(w)], capture_output=True, check=True)
     time.sleep(2)
     dumps = sorted(t.outdir.glob(f"{t.name}.{w}.out.*"), key=lambda p: p.stat().st_mtime)
-    total = None
     for line in dumps[-1].read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
-            total = int(line.split()[1])
-            break
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dumps[-1]}")
+
+
+def measure(t: Target, lua: Path, seconds: int, conns: int, label: str, idle: float) -> dict:
+    w = t.worker()
+    wrk(t.port, lua, 4, conns)  # warm: connections, the transport's pool, lazily built objects
+    idle_rate = 0.0
+    if idle > 0:
+        # What the worker does with no request at all (runtime threads, ticking timers, background tasks),
+        # per second: subtracted below, since on a busy host fewer requests share each second of it.
+        subprocess.run(["callgrind_control", "-z", str(w)], capture_output=True, check=True)
+        t0 = time.monotonic()
+        time.sleep(idle)
+        idle_rate = _count(t, w, label + "-idle") / (time.monotonic() - t0)
+    subprocess.run(["callgrind_control", "-z", str(w)], capture_output=True, check=True)
+    t0 = time.monotonic()
+    res = wrk(t.port, lua, seconds, conns)
+    total = _count(t, w, label)
+    elapsed = time.monotonic() - t0 - 2  # _count's settling sleep is after the dump
+    background = idle_rate * elapsed
     bad = res["status"] + res["timeout"] + res["connect"] + res["read"] + res["write"]
-    return {"requests": res["requests"], "errors": bad, "instructions": total, "per_request": total / max(1, res["requests"])}
+    n = max(1, res["requests"])
+    if res["mean_us"] > 80_000:
+        # Past relay.LAZY_WATCH_SECONDS (0.1 s) every plain request also starts its client watch: more work
+        # per request than a quiet run's, so such figures compare only with each other.
+        print(f"  warning: {t.name}'s mean latency under valgrind was {res['mean_us'] / 1000:.0f} ms (> 80 ms): "
+              "per-request timers fired; use fewer --connections on a busy host", flush=True)
+    return {"requests": res["requests"], "errors": bad, "instructions": total, "idle_per_second": idle_rate,
+            "per_request": (total - background) / n, "per_request_raw": total / n}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", type=Path, help="another checkout (with its own .venv), e.g. the commit before a change")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V,...", help="this tree with these settings")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME[@TREE]:K=V,...",
+                    help="this tree (or TREE, another checkout with its own .venv) with these settings")
     ap.add_argument("--scenario", choices=sorted(LUA), default="nonstream")
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=1, help="measurements per target (they should agree within ~1 %%)")
+    ap.add_argument("--idle", type=float, default=5.0,
+                    help="seconds of no load measured first, whose rate is subtracted (0: none)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk"):
@@ -150,7 +174,8 @@ def main() -> None:
             specs.append(("baseline", args.baseline.resolve(), {}))
         for v in args.variant:
             name, _, assigns = v.partition(":")
-            specs.append((name, ROOT, dict(a.split("=", 1) for a in assigns.split(",") if a)))
+            name, _, tree = name.partition("@")  # NAME@../other-checkout: that tree with these settings
+            specs.append((name, Path(tree).resolve() if tree else ROOT, dict(a.split("=", 1) for a in assigns.split(",") if a)))
         targets = [Target(n, tree, extra, sim.base_url, outdir) for n, tree, extra in specs]
         for t in targets:
             t.start()
@@ -160,10 +185,11 @@ def main() -> None:
         results: dict[str, list[dict]] = {t.name: [] for t in targets}
         for r in range(args.repeat):
             for t in targets if r % 2 == 0 else targets[::-1]:
-                m = measure(t, LUA[args.scenario], args.seconds, args.connections, f"{t.name}-{r}")
+                m = measure(t, LUA[args.scenario], args.seconds, args.connections, f"{t.name}-{r}", args.idle)
                 results[t.name].append(m)
                 print(f"  {t.name} #{r + 1}: {m['per_request'] / 1000:.1f}k instructions/request "
-                      f"({m['requests']} requests, {m['errors']} errors)", flush=True)
+                      f"({m['per_request_raw'] / 1000:.1f}k before the idle {m['idle_per_second'] / 1000:.0f}k/s; "
+                      f"{m['requests']} requests, {m['errors']} errors)", flush=True)
         ref = statistics.median(m["per_request"] for m in results["this"])
         print(f"\n{args.scenario}, {args.connections} connections, {args.seconds} s per measurement")
         print("| target | instructions / request (median) | vs this tree |\n|---|---|---|")

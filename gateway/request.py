@@ -31,7 +31,7 @@ class ChatRequest:
     started: float  # time.perf_counter() when the request arrived
     deadline: float  # event-loop time by which the answer must be complete
     group: ModelGroup | None = None  # the resolved group, bound to the snapshot admitted under
-    outcome: Outcome = None  # type: ignore[assignment]  # what happened, filled in by every stage
+    outcome: Outcome = None  # type: ignore[assignment]  # what happened, filled in by every stage (admission sets it)
     default_timeout: float = 30.0  # REQUEST_TIMEOUT_SECONDS of the snapshot admitted under (set by admission)
     cache_controls: Any = None  # the cache headers, validated at admission (None: no cache)
     cache_state: Any = None  # what the cache's lookup learnt, for its store
@@ -42,10 +42,6 @@ class ChatRequest:
     meter: Any = None  # meter(chars) per streamed batch when a token limit applies (gateway/ratelimit.py)
     kind: str = "chat"  # "chat" | "embeddings" (gateway.embeddings): which adapter functions serve it
     prompt_estimate: int = -1  # prompt_tokens()'s figure once computed
-
-    def __post_init__(self) -> None:
-        if self.outcome is None:
-            self.outcome = Outcome(self.request_id, self.started)
 
     def prompt_tokens(self) -> int:
         """The prompt's estimated tokens, computed once per request: the token limiter's reservation,

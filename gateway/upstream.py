@@ -53,9 +53,11 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
     upstream = adapter.build_embeddings(req.body, deployment) if embed else adapter.build_request(req.body, deployment, False)
     upstream.max_bytes = req.max_upstream_bytes
     span = tracing.start_attempt(req, deployment, upstream.headers) if tracing.tracer is not None else None
-    if timed:
-        req.outcome.wait_begin()
+    out = req.outcome
+    # Outcome.wait_begin/wait_end, inline: this runs once per attempt of every request.
     t0 = perf_counter()
+    if timed:
+        out.waiting_since = t0
     try:
         status, data, retry_after = await transport.send(upstream, timeout)
     except GatewayError as err:
@@ -66,9 +68,10 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
             span.end()  # a hedge's loser, or the client left
         raise
     finally:
+        seconds = perf_counter() - t0
         if timed:
-            req.outcome.wait_end(t0)
-    seconds = perf_counter() - t0
+            out.upstream_seconds += seconds
+            out.waiting_since = 0.0
     try:
         if status >= 400:
             raise _upstream_error(adapter, status, data, retry_after)
@@ -79,7 +82,8 @@ async def complete(req: ChatRequest, deployment: Deployment, transport: Transpor
     except GatewayError as err:
         _attempted(deployment, seconds, err, span)
         raise
-    _attempted(deployment, seconds, None, span)
+    if attempt_listeners or span is not None:
+        _attempted(deployment, seconds, None, span)
     return answer
 
 

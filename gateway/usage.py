@@ -40,7 +40,8 @@ class Usage:
             if c is None:
                 c = self.by_key[row] = Counter()
         c.requests += 1
-        if outcome.from_cache:
+        cache = outcome.cache
+        if cache == "hit" or cache == "semantic-hit":  # Outcome.from_cache, inline
             c.cached += 1
         else:
             c.prompt_tokens += outcome.prompt_tokens

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import os
 from time import perf_counter
+from typing import Awaitable
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -17,7 +18,6 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GatewayError
 from gateway.http import headers
 from gateway.http.relay import Relay, Watch
-from gateway.http.timers import Timers
 from gateway.pipeline.admission import Inbound, too_large
 from gateway.pipeline.outcome import Outcome
 from gateway.sse import DONE, PING
@@ -134,9 +134,13 @@ def _unreadable() -> GatewayError:
     return GatewayError(400, "The request body is malformed or ended before it was complete.", code="invalid_body")
 
 
-def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, timeout: float, timers: Timers):
+def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, timeout: float, watch: Watch):
     """``read_body(limit)`` for admission: the whole body; a 413 past the limit, a 408 past ``timeout``
-    seconds, a 400 for a body that is malformed or cut short, a 503 when too many are being read."""
+    seconds, a 400 for a body that is malformed or cut short, a 503 when too many are being read.
+
+    The deadline is the request's one coarse timer (``Watch.reading``), the same that later starts
+    the lazy client watch: an asyncio.timeout() was a Timeout object and a loop timer handle per
+    request, and a second coarse timer another arm and disarm."""
 
     async def read(limit: int) -> bytes:
         declared = -1
@@ -150,42 +154,29 @@ def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, 
         if reads.active >= reads.limit:
             raise BUSY
         reads.active += 1
-        # A coarse timer (gateway/http/timers.py) rather than asyncio.timeout(): the same deadline, to
-        # within a tick, without a Timeout object and a loop timer handle on every request.
-        task = asyncio.current_task()
-        expiry = _Expiry(task)
-        slot = timers.arm(timeout, expiry)
+        watch.reading(timeout)
         try:
             return await _read(receive, declared, limit)
         except asyncio.CancelledError:
-            if not expiry.fired or task.uncancel() > 0:
+            if not watch.expired or watch.task.uncancel() > 0:
                 raise  # not our deadline (shutdown, or the server's own cancel), or another cancel on top
             raise GatewayError(
                 408, f"The request body did not arrive within {timeout:g}s.", code="request_timeout"
             ) from None
         finally:
-            timers.disarm(slot, expiry)
+            watch.reading_left = None  # the body is in (or failed): the timer now starts the lazy watch
             reads.active -= 1
 
     return read
 
 
-class _Expiry:
-    """The body deadline's timer callback: cancels the reading task and remembers that it did."""
-
-    __slots__ = ("task", "fired")
-
-    def __init__(self, task) -> None:
-        self.task = task
-        self.fired = False
-
-    def fire(self) -> None:
-        self.fired = True
-        self.task.cancel()
-
-
 async def _read(receive, declared: int, limit: int) -> bytes:
-    msg = await _receive(receive)
+    try:  # _receive, inline for the first message: most bodies are that one
+        msg = await receive()
+    except BaseException as exc:
+        raise _receive_failed(exc) from None
+    if msg["type"] == "http.disconnect":
+        raise _unreadable()
     body = msg.get("body", b"")
     # Granian sends the whole body with more_body=True and then an empty message;
     # when Content-Length says we have it all, skip that extra hop through the loop.
@@ -205,38 +196,56 @@ async def _read(receive, declared: int, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def _receive_failed(exc: BaseException) -> BaseException:
+    """What a failed ``receive()`` becomes: our own cancel (deadline, shutdown) stays one; anything else
+    (the server cancelled the read, a broken body) means the body cannot be read."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return exc
+        return _unreadable()
+    if isinstance(exc, Exception):
+        return _unreadable()
+    return exc  # KeyboardInterrupt, SystemExit: not ours to map
+
+
 async def _receive(receive) -> dict:
     try:
         msg = await receive()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # our own deadline, or shutdown
-        raise _unreadable() from None  # the server cancelled the read: the body cannot be read
-    except Exception:
-        raise _unreadable() from None
+    except BaseException as exc:
+        raise _receive_failed(exc) from None
     if msg["type"] == "http.disconnect":
         raise _unreadable()
     return msg
 
 
-async def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surface, route: str, kind: str = "chat",
-                hdrs: dict[str, str] | None = None, translate=None) -> None:
+def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surface, route: str, kind: str = "chat",
+          hdrs: dict[str, str] | None = None, translate=None) -> Awaitable[None]:
     """One HTTP request through the relay, framed by ``make_surface(send, outcome)``; ``translate`` wraps the
-    body reader when the surface speaks another API (``/v1/messages``)."""
+    body reader when the surface speaks another API (``/v1/messages``).
+
+    A plain function returning the relay's coroutine, not a coroutine itself: every resume of a request
+    (each upstream read, each stream chunk) passes through every coroutine frame above it, so this one
+    layer less is paid on each of them."""
     hdrs = scope_headers(scope) if hdrs is None else hdrs
-    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=route, method=scope["method"])
+    rid = hdrs.get("x-request-id")
+    outcome = Outcome(
+        request_id(rid) if rid is not None else f"{_ID_PREFIX}{next(_ids):08x}", perf_counter(),
+        route=route, method=scope["method"],
+    )
     surface = make_surface(send, outcome)
     relay: Relay = gateway.relay
     if scope["method"] != "POST":
-        err = GatewayError(405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed")
-        outcome.fail(err)
-        await surface.error(err)
-        relay.finish.run(None, outcome)
-        return
+        return _refuse(relay, outcome, surface, scope["method"])
     snap = gateway.router.state
-    read = body_reader(
-        receive, hdrs.get("content-length"), gateway.body_reads, snap.settings.body_timeout_seconds, gateway.timers
-    )
+    watch = Watch(gateway.timers)
+    read = body_reader(receive, hdrs.get("content-length"), gateway.body_reads, snap.settings.body_timeout_seconds, watch)
     inbound = Inbound(hdrs, translate(read) if translate is not None else read, "rest", kind=kind)
-    await relay.serve(snap, inbound, outcome, surface, Watch(gateway.timers), receive)
+    return relay.serve(snap, inbound, outcome, surface, watch, receive)
+
+
+async def _refuse(relay: Relay, outcome: Outcome, surface, method: str) -> None:
+    err = GatewayError(405, f"Method {method} is not allowed here; use POST.", code="method_not_allowed")
+    outcome.fail(err)
+    await surface.error(err)
+    relay.finish.run(None, outcome)

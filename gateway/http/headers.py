@@ -48,12 +48,30 @@ def build(outcome: Outcome, *extra: tuple[bytes, bytes], err: GatewayError | Non
             return out  # served from the cache: no provider was involved
     d = outcome.deployment
     if d is not None:
-        out.append((b"x-gateway-provider", d.provider.encode()))
-        out.append((b"x-gateway-deployment", d.name.encode("latin-1", "replace")))
-        out.append((b"x-gateway-attempts", str(outcome.attempts or 1).encode()))
+        pair = _deployments.get(d.name)
+        if pair is None:
+            pair = _deployment_pair(d)
+        out += pair
+        n = outcome.attempts
+        out.append(_ATTEMPTS[n] if n < len(_ATTEMPTS) else (b"x-gateway-attempts", str(n).encode()))
         if outcome.failover:
             out.append((b"x-gateway-failover", outcome.failover.encode("latin-1", "replace")))
     return out
+
+
+# Encoded once, not per answer: deployments are few (the config's, and the catalogued implicit ones).
+_deployments: dict[str, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
+_ATTEMPTS = ((b"x-gateway-attempts", b"1"),) + tuple((b"x-gateway-attempts", str(i).encode()) for i in range(1, 16))
+
+
+def _deployment_pair(d) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    if len(_deployments) >= 4096:
+        _deployments.clear()  # bounded whatever names a config reload brings
+    pair = _deployments[d.name] = (
+        (b"x-gateway-provider", d.provider.encode()),
+        (b"x-gateway-deployment", d.name.encode("latin-1", "replace")),
+    )
+    return pair
 
 
 def _limits(out: Headers, state, kind: bytes) -> None:

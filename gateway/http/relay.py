@@ -53,30 +53,71 @@ class Watch:
     ``arm`` takes a function returning the client's next message; the HTTP
     surface passes ASGI ``receive``. Under Granian that returns a future, so
     watching costs a callback, not a task; ``lazy`` defers even that by a timer.
+
+    The HTTP surface's body deadline rides on the same timer (``reading``): one
+    coarse timer per request instead of two. It is armed when the body read
+    starts; if it fires while the body is still being read it is the deadline
+    (``LAZY_WATCH_SECONDS`` in, re-armed for the rest; then ``expired``),
+    otherwise (the reader has set ``reading_left`` back to None) it is the
+    lazy watch's start.
     """
 
-    __slots__ = ("task", "gone", "_next", "_fut", "_timers", "_slot")
+    __slots__ = ("task", "gone", "expired", "reading_left", "_next", "_fut", "_timers", "_slot", "_due")
 
     def __init__(self, timers: Timers | None = None) -> None:
         self.task: asyncio.Task | None = None
         self.gone = False
+        self.expired = False  # the body deadline passed: the reading task was cancelled for it
         self._next = None
         self._fut = None
         self._timers = timers  # the lazy start's coarse timer (gateway/http/timers.py); None: start at once
         self._slot: int | None = None
+        # While the body is read: the deadline's seconds after the timer fires. The reader sets it back
+        # to None when the body is in (an attribute, not a method: this is on every request).
+        self.reading_left: float | None = None
+        self._due = False  # the lazy timer fired before arm: listen as soon as armed
+
+    def reading(self, timeout: float) -> None:
+        """The body read starts now, and must end within ``timeout`` seconds (needs ``timers``)."""
+        self.task = asyncio.current_task()
+        if timeout > LAZY_WATCH_SECONDS:
+            self.reading_left = timeout - LAZY_WATCH_SECONDS
+            self._slot = self._timers.arm(LAZY_WATCH_SECONDS, self)
+        else:
+            self.reading_left = 0.0
+            self._slot = self._timers.arm(timeout, self)
 
     def arm(self, next_message, lazy: bool = False) -> None:
-        self.task = asyncio.current_task()
+        if self.task is None:
+            self.task = asyncio.current_task()
         self._next = next_message
         if next_message is None:
             return
         if lazy and self._timers is not None:
-            self._slot = self._timers.arm(LAZY_WATCH_SECONDS, self)
-        else:
-            self._listen()
+            if self._due:
+                self._listen()
+            elif self._slot is None:
+                self._slot = self._timers.arm(LAZY_WATCH_SECONDS, self)
+            return
+        if self._slot is not None:
+            self._timers.disarm(self._slot, self)
+            self._slot = None
+        self._listen()
 
-    def fire(self) -> None:  # the lazy start's timer
+    def fire(self) -> None:  # the coarse timer
         self._slot = None
+        left = self.reading_left
+        if left is not None:  # still reading the body: this is its deadline
+            if left > 0:
+                self.reading_left = 0.0
+                self._slot = self._timers.arm(left, self)
+                return
+            self.expired = True
+            self.task.cancel()
+            return
+        if self._next is None:
+            self._due = True  # fired during admission: the relay's arm listens at once
+            return
         self._listen()
 
     def _listen(self) -> None:
@@ -98,12 +139,15 @@ class Watch:
             self.task.cancel()
 
     def stop(self) -> None:
+        self._next = None  # a timer that still fires starts nothing
         if self._slot is not None:
             self._timers.disarm(self._slot, self)
             self._slot = None
-        fut, self._fut = self._fut, None
-        if fut is not None and not fut.done():
-            fut.cancel()
+        fut = self._fut
+        if fut is not None:
+            self._fut = None
+            if not fut.done():
+                fut.cancel()
 
 
 class Relay:
@@ -123,10 +167,12 @@ class Relay:
                 if req.stream:
                     await self._stream(req, surface)
                 else:
-                    completion = await self.pipeline.lookup(req)
+                    pipeline = self.pipeline
+                    completion = await pipeline.lookup(req) if pipeline.cache is not None else None
                     if completion is None:
                         completion = await self.pipeline.complete(req)
                     watch.stop()
+                    watch = None  # stopped: the answer is out, a late disconnect changes nothing
                     outcome.status = 200
                     await surface.answer(completion)
             except GatewayError as err:
@@ -134,19 +180,21 @@ class Relay:
                 self._failed(outcome, surface, err)
                 await surface.error(err)
             except asyncio.CancelledError:
-                if not watch.gone:
+                if watch is None or not watch.gone:
                     raise  # shutdown, or the server cancelled us: the finish hook still runs
                 task = asyncio.current_task()
                 if task is not None:
                     task.uncancel()
                 outcome.client_gone = True
             except Exception:
-                watch.stop()
+                if watch is not None:
+                    watch.stop()
                 log.exception("unexpected failure handling %s", outcome.request_id)
                 self._failed(outcome, surface, INTERNAL)
                 await surface.error(INTERNAL)
         finally:
-            watch.stop()
+            if watch is not None:
+                watch.stop()
             if req is not None and req.stream:
                 outcome.estimate_usage(req.prompt_tokens())  # cut before its usage: estimated, never $0
             self.finish.run(req, outcome)

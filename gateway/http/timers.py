@@ -1,7 +1,7 @@
 """Coarse timers for per-request deadlines that almost never fire.
 
-Every plain request arms two: its body deadline and the lazy client watch
-(``relay.LAZY_WATCH_SECONDS``). A uvloop timer handle costs ~2.3 µs to arm and
+Every plain request arms one, ``relay.Watch``: its body deadline, which then
+becomes the lazy client watch (``relay.LAZY_WATCH_SECONDS``). A uvloop timer handle costs ~2.3 µs to arm and
 cancel (a libuv handle's init, start, stop and close), measured here beside
 ~0.07 µs for a clock read and a set insert and discard. So these timers are
 slots of ``TICK`` seconds: arming adds to a slot's set, disarming removes, and

@@ -57,7 +57,7 @@ class Admission:
 
     async def admit(self, snap, inbound: Inbound, outcome: Outcome) -> ChatRequest:
         headers = inbound.headers
-        key = self.authenticate(snap.keys, headers)
+        key = authenticate(snap.keys, headers.get("authorization"), self.virtual_keys)
         outcome.key_name = key.name
         if inbound.checks_content_type:
             ctype = headers.get("content-type")
@@ -72,29 +72,22 @@ class Admission:
         else:
             validate_chat(body)
         model = body["model"]
-        check_model(key, model)
-        group = self.router.resolve(model, snap)
+        if key.models is not None:
+            check_model(key, model)
+        group = snap.resolve(model)
         outcome.model = model  # only a name the gateway serves reaches logs, labels and usage rows
         stream = body.get("stream") is True
         if stream and inbound.surface == "rest":
             outcome.surface = "sse"
         opts = body.get("stream_options")
+        settings = snap.settings
+        timeout = settings.request_timeout_seconds
+        if "x-gateway-timeout" in headers:
+            timeout = _timeout(headers["x-gateway-timeout"])
         req = ChatRequest(
-            body=body,
-            model=model,
-            stream=stream,
-            include_usage=bool(opts and opts.get("include_usage")),
-            request_id=outcome.request_id,
-            key=key,
-            headers=headers,
-            started=outcome.started,
-            deadline=asyncio.get_running_loop().time() + _timeout(headers, snap.settings.request_timeout_seconds),
-            group=group,
-            outcome=outcome,
-            default_timeout=snap.settings.request_timeout_seconds,
-            max_upstream_bytes=snap.settings.max_upstream_bytes,
-            max_event_bytes=snap.settings.max_event_bytes,
-            kind=inbound.kind,
+            body, model, stream, bool(opts and opts.get("include_usage")), outcome.request_id, key, headers,
+            outcome.started, asyncio.get_running_loop().time() + timeout, group, outcome, settings.request_timeout_seconds,
+            max_upstream_bytes=settings.max_upstream_bytes, max_event_bytes=settings.max_event_bytes, kind=inbound.kind,
         )
         if self.cache is not None:
             req.cache_controls = parse_controls(headers, self.cache.config.max_ttl_seconds)
@@ -108,10 +101,7 @@ class Admission:
         return authenticate(keys, headers.get("authorization"), self.virtual_keys)
 
 
-def _timeout(headers: dict[str, str], default: float) -> float:
-    override = headers.get("x-gateway-timeout")
-    if override is None:
-        return default
+def _timeout(override: str) -> float:
     try:
         timeout = float(override)
     except ValueError:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Awaitable, TYPE_CHECKING, Any, AsyncIterator
 
 from gateway import upstream
 from gateway.config import ModelGroup, Settings
@@ -206,12 +206,15 @@ class Router:
 
     # --- attempts ----------------------------------------------------------------
 
-    async def complete(self, req: ChatRequest, group: ModelGroup) -> dict:
-        return await self._run(req, group.plan or self._bind(group).plan, False)
+    # complete and stream return _run's coroutine rather than awaiting it: one coroutine frame less
+    # for every resume of the request to pass through (each upstream read, each stream batch).
 
-    async def stream(self, req: ChatRequest, group: ModelGroup) -> tuple[list[dict], AsyncIterator[list[dict]], upstream.UpstreamStream]:
+    def complete(self, req: ChatRequest, group: ModelGroup) -> Awaitable[dict]:
+        return self._run(req, group.plan or self._bind(group).plan, False)
+
+    def stream(self, req: ChatRequest, group: ModelGroup) -> Awaitable[tuple[list[dict], AsyncIterator[list[dict]], upstream.UpstreamStream]]:
         """Open a stream and wait for its first batch, so failures before any byte can fail over."""
-        return await self._run(req, group.plan or self._bind(group).plan, True)
+        return self._run(req, group.plan or self._bind(group).plan, True)
 
     async def _attempt(self, req: ChatRequest, plan: Plan, i: int, timeout: float, stream: bool, judged: bool,
                        timed: bool = True):
