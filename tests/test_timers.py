@@ -130,3 +130,18 @@ async def test_a_stream_listens_at_once_and_disarms_the_body_timer():
     watch.arm(receiver, lazy=False)
     assert receiver.calls == 1 and len(timers) == 0
     watch.stop()
+
+
+async def test_a_slow_body_does_not_delay_the_watch_to_the_body_deadline():
+    # The timer fired while the body was still coming and was re-armed for the rest of its deadline
+    # (10 s); once the body is in, the watch must start at once, not when that deadline passes.
+    timers = Timers()
+    receiver = Receiver()
+    watch = Watch(timers)
+    watch.reading(10)
+    await asyncio.sleep(LAZY_WATCH_SECONDS + 3 * TICK)
+    assert not watch.expired and len(timers) == 1  # the deadline, re-armed
+    watch.reading_left = None
+    watch.arm(receiver, lazy=True)
+    assert receiver.calls == 1 and len(timers) == 0
+    watch.stop()

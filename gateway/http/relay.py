@@ -75,7 +75,7 @@ class Watch:
         # While the body is read: the deadline's seconds after the timer fires. The reader sets it back
         # to None when the body is in (an attribute, not a method: this is on every request).
         self.reading_left: float | None = None
-        self._due = False  # the lazy timer fired before arm: listen as soon as armed
+        self._due = False  # the lazy delay passed before arm (body or admission slow): listen as soon as armed
 
     def reading(self, timeout: float) -> None:
         """The body read starts now, and must end within ``timeout`` seconds (needs ``timers``)."""
@@ -93,12 +93,10 @@ class Watch:
         self._next = next_message
         if next_message is None:
             return
-        if lazy and self._timers is not None:
-            if self._due:
-                self._listen()
-            elif self._slot is None:
+        if lazy and self._timers is not None and not self._due:
+            if self._slot is None:
                 self._slot = self._timers.arm(LAZY_WATCH_SECONDS, self)
-            return
+            return  # else the timer armed by reading() starts the watch
         if self._slot is not None:
             self._timers.disarm(self._slot, self)
             self._slot = None
@@ -111,6 +109,7 @@ class Watch:
             if left > 0:
                 self.reading_left = 0.0
                 self._slot = self._timers.arm(left, self)
+                self._due = True  # the lazy watch's time has come: once the body is in, the relay's arm listens
                 return
             self.expired = True
             self.task.cancel()
