@@ -142,6 +142,51 @@ async def test_sse_relayed_as_it_arrives(transport, sim):
     assert len(arrivals) >= 4 and arrivals[-1] - arrivals[0] > 0.1
 
 
+async def test_a_slow_consumer_gets_what_has_arrived_in_one_piece(transport, sim):
+    """Events that came while the consumer was busy are handed over together, not one read per event.
+
+    Fewer, larger pieces are fewer SSE decodes and relays downstream per stream (aiohttp's readany
+    gives this; pyreqwest's read_chunk() gives one network read per call, so the transport joins those
+    already in).
+    """
+    if transport.__class__.__name__ == "HttpxTransport":
+        pytest.skip("httpx's aiter_raw hands over one network read per step")
+    sim.configure("openai", tokens_per_second=200, response_tokens=40, chunk_tokens=1)  # an event every 5 ms
+    resp = await transport.open(chat(sim.openai_base_url, stream=True), 5)
+    pieces = []
+    try:
+        async for data in resp.chunks():
+            pieces.append(data)
+            await asyncio.sleep(0.05)  # a busy relay: ~10 events arrive meanwhile
+    finally:
+        await resp.close()
+    assert events(b"".join(pieces))[-1] == b"data: [DONE]"
+    n = len(events(b"".join(pieces)))
+    assert n >= 41
+    # One piece per event would be n pieces; pyreqwest keeps at most two reads ahead of the consumer.
+    assert len(pieces) <= n // 2, [len(events(p)) for p in pieces]
+
+
+async def test_cancelled_consumer_then_close_ends_upstream(transport, sim):
+    """The client went away while the relay waited for the next event: the task is cancelled, then closed."""
+    sim.configure("openai", tokens_per_second=5, response_tokens=200, chunk_tokens=1)  # a wait of 0.2 s per event
+    resp = await transport.open(chat(sim.openai_base_url, stream=True), 5)
+    got = asyncio.Event()
+
+    async def relay() -> None:
+        async for _ in resp.chunks():
+            got.set()
+
+    task = asyncio.ensure_future(relay())
+    await asyncio.wait_for(got.wait(), 3)
+    assert await until(lambda: sim.stats()["providers"]["openai"]["in_flight"] == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await resp.close()
+    assert await until(lambda: sim.stats()["providers"]["openai"]["in_flight"] == 0, 1.0)
+
+
 async def test_upstream_error_is_an_answer(transport, sim):
     sim.configure("openai", mode="overloaded")
     status, data, retry_after = await transport.send(chat(sim.openai_base_url), 5)
