@@ -250,8 +250,11 @@ async def test_close_mid_stream_cancels_upstream(transport, sim):
             "reqwest",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="pyreqwest 0.15 does not abort the request in Rust when the awaiting task is cancelled: "
-                "the connection stays open until the upstream answers (or the request's own time-out)",
+                # Strict: it turns into a failure the day pyreqwest aborts, and this mark must go.
+                reason="pyreqwest 0.15.1 runs each request as a tokio task and, when the awaiting coroutine is "
+                "cancelled, drops the task's JoinHandle without abort() (src/runtime/runtime.rs, spawn_handled): "
+                "the request goes on until the upstream answers or its own time-out. Nothing in its Python API "
+                "reaches a sent request (Client.close() does not end it either)",
             ),
         ),
     ],
@@ -270,6 +273,20 @@ async def test_cancelled_call_closes_upstream(kind, hang):
             assert await until(lambda: hang.stats()["total"]["in_flight"] == before, 1.0)
     finally:
         await t.close()
+
+
+async def test_stream_cancelled_before_its_headers_ends_by_its_headers(transport, sim):
+    """A hedge's loser or a client gone before the stream's headers: the upstream sees it end no later than
+    when the headers come (pyreqwest cannot end it sooner: see the xfail above), never at the stream's end."""
+    sim.configure("openai", latency_ms=800, tokens_per_second=20, response_tokens=200, chunk_tokens=1)  # ~10 s
+    task = asyncio.ensure_future(transport.open(chat(sim.openai_base_url, stream=True), 30))
+    assert await until(lambda: sim.stats()["providers"]["openai"]["in_flight"] == 1)
+    t0 = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await until(lambda: sim.stats()["providers"]["openai"]["in_flight"] == 0, 3.0)
+    assert time.monotonic() - t0 < 2.5
 
 
 # --- upstream TLS ------------------------------------------------------------------------------
