@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The upstream transports alone: gateway.transport's clients in one process, no server in front.
 
-    python benchmarks/transport_bench.py [--seconds 4] [--rounds 3] [--concurrency 20] [--tls] [--slow MS] [--httpx]
+    python benchmarks/transport_bench.py [--seconds 4] [--rounds 3] [--concurrency 20] [--tls] [--pace TPS] [--slow MS] [--httpx]
 
 Calls ``send()`` (non-streaming) and ``open()`` + ``chunks()`` (a 30-chunk stream) of each transport
 against the simulator on 127.0.0.1, ``--concurrency`` calls in flight, for ``--seconds`` each,
@@ -10,7 +10,9 @@ This process runs on core 0 and the simulator (and nginx with ``--tls``) on core
 the pyreqwest transport with the stream loop it had first (one ``read_chunk()`` per piece, the idle
 timer set and cleared around each): what the joined reads of the current loop change. With ``--slow``
 each stream's consumer takes that many ms per piece (a busy relay), so events pile up between reads.
-Bounded in time; stops by itself.
+The simulator writes an unpaced stream (the default) whole, in one write: one piece per stream for
+every transport. ``--pace TPS`` has it write each event on its own, TPS events a second, as providers
+do; only then does a loop's per-event cost show. Bounded in time; stops by itself.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=20)
     ap.add_argument("--tls", action="store_true", help="through nginx (TLS + HTTP/2) in front of the simulator")
+    ap.add_argument("--pace", type=float, default=0.0, help="stream events a second (0: the whole stream in one write)")
     ap.add_argument("--slow", type=float, default=0.0, help="ms the stream consumer spends on each piece")
     ap.add_argument("--httpx", action="store_true", help="include httpx (slow: 20-60x below the others here)")
     args = ap.parse_args()
@@ -116,9 +119,10 @@ def main() -> int:
 
     import uvloop
 
-    with SimulatorProcess({"*": {"latency_ms": 0, "response_tokens": 30, "chunk_tokens": 1}}, cpu=1) as sim:
+    sim_settings = {"latency_ms": 0, "response_tokens": 30, "chunk_tokens": 1, "tokens_per_second": args.pace}
+    with SimulatorProcess({"*": sim_settings}, cpu=1) as sim:
         os.sched_setaffinity(0, {0})
-        print(f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}, tls={args.tls}, slow={args.slow:g} ms")
+        print(f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}, tls={args.tls}, pace={args.pace:g}/s, slow={args.slow:g} ms")
         if args.tls:
             from benchmarks.tls_upstream import NginxTLS
 
