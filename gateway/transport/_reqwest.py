@@ -3,6 +3,11 @@
 The request is written, the answer parsed and the pool kept in Rust, off the event loop: per call the
 loop only hands over the headers and body and wakes for the result (issue 16 measured a bare
 forwarder at about twice aiohttp's non-streaming rate with it).
+
+Not the default, because a cancelled call is not ended: pyreqwest 0.15.1 drops the tokio task of a
+cancelled send without aborting it, so the upstream keeps the request until it answers (a stream: until
+its headers come) or the call's own time-out; no Python API reaches a sent request. The README's
+transport section and tests/test_transport.py (a strict xfail) have the details.
 """
 
 from __future__ import annotations
