@@ -142,6 +142,51 @@ async def test_sse_relayed_as_it_arrives(transport, sim):
     assert len(arrivals) >= 4 and arrivals[-1] - arrivals[0] > 0.1
 
 
+async def test_a_slow_consumer_gets_what_has_arrived_in_one_piece(transport, sim):
+    """Events that came while the consumer was busy are handed over together, not one read per event.
+
+    Fewer, larger pieces are fewer SSE decodes and relays downstream per stream (aiohttp's readany
+    gives this; pyreqwest's read_chunk() gives one network read per call, so the transport joins those
+    already in).
+    """
+    if transport.__class__.__name__ == "HttpxTransport":
+        pytest.skip("httpx's aiter_raw hands over one network read per step")
+    sim.configure("openai", tokens_per_second=200, response_tokens=40, chunk_tokens=1)  # an event every 5 ms
+    resp = await transport.open(chat(sim.openai_base_url, stream=True), 5)
+    pieces = []
+    try:
+        async for data in resp.chunks():
+            pieces.append(data)
+            await asyncio.sleep(0.05)  # a busy relay: ~10 events arrive meanwhile
+    finally:
+        await resp.close()
+    assert events(b"".join(pieces))[-1] == b"data: [DONE]"
+    n = len(events(b"".join(pieces)))
+    assert n >= 41
+    # One piece per event would be n pieces; pyreqwest keeps at most two reads ahead of the consumer.
+    assert len(pieces) <= n // 2, [len(events(p)) for p in pieces]
+
+
+async def test_cancelled_consumer_then_close_ends_upstream(transport, sim):
+    """The client went away while the relay waited for the next event: the task is cancelled, then closed."""
+    sim.configure("openai", tokens_per_second=5, response_tokens=200, chunk_tokens=1)  # a wait of 0.2 s per event
+    resp = await transport.open(chat(sim.openai_base_url, stream=True), 5)
+    got = asyncio.Event()
+
+    async def relay() -> None:
+        async for _ in resp.chunks():
+            got.set()
+
+    task = asyncio.ensure_future(relay())
+    await asyncio.wait_for(got.wait(), 3)
+    assert await until(lambda: sim.stats()["providers"]["openai"]["in_flight"] == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await resp.close()
+    assert await until(lambda: sim.stats()["providers"]["openai"]["in_flight"] == 0, 1.0)
+
+
 async def test_upstream_error_is_an_answer(transport, sim):
     sim.configure("openai", mode="overloaded")
     status, data, retry_after = await transport.send(chat(sim.openai_base_url), 5)
@@ -205,8 +250,11 @@ async def test_close_mid_stream_cancels_upstream(transport, sim):
             "reqwest",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="pyreqwest 0.15 does not abort the request in Rust when the awaiting task is cancelled: "
-                "the connection stays open until the upstream answers (or the request's own time-out)",
+                # Strict: it turns into a failure the day pyreqwest aborts, and this mark must go.
+                reason="pyreqwest 0.15.1 runs each request as a tokio task and, when the awaiting coroutine is "
+                "cancelled, drops the task's JoinHandle without abort() (src/runtime/runtime.rs, spawn_handled): "
+                "the request goes on until the upstream answers or its own time-out. Nothing in its Python API "
+                "reaches a sent request (Client.close() does not end it either)",
             ),
         ),
     ],
@@ -225,6 +273,20 @@ async def test_cancelled_call_closes_upstream(kind, hang):
             assert await until(lambda: hang.stats()["total"]["in_flight"] == before, 1.0)
     finally:
         await t.close()
+
+
+async def test_stream_cancelled_before_its_headers_ends_by_its_headers(transport, sim):
+    """A hedge's loser or a client gone before the stream's headers: the upstream sees it end no later than
+    when the headers come (pyreqwest cannot end it sooner: see the xfail above), never at the stream's end."""
+    sim.configure("openai", latency_ms=800, tokens_per_second=20, response_tokens=200, chunk_tokens=1)  # ~10 s
+    task = asyncio.ensure_future(transport.open(chat(sim.openai_base_url, stream=True), 30))
+    assert await until(lambda: sim.stats()["providers"]["openai"]["in_flight"] == 1)
+    t0 = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await until(lambda: sim.stats()["providers"]["openai"]["in_flight"] == 0, 3.0)
+    assert time.monotonic() - t0 < 2.5
 
 
 # --- upstream TLS ------------------------------------------------------------------------------

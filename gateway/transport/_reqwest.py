@@ -3,11 +3,17 @@
 The request is written, the answer parsed and the pool kept in Rust, off the event loop: per call the
 loop only hands over the headers and body and wakes for the result (issue 16 measured a bare
 forwarder at about twice aiohttp's non-streaming rate with it).
+
+Not the default, because a cancelled call is not ended: pyreqwest 0.15.1 drops the tokio task of a
+cancelled send without aborting it, so the upstream keeps the request until it answers (a stream: until
+its headers come) or the call's own time-out; no Python API reaches a sent request. The README's
+transport section and tests/test_transport.py (a strict xfail) have the details.
 """
 
 from __future__ import annotations
 
 import asyncio
+import types
 from datetime import timedelta
 from typing import AsyncIterator
 
@@ -33,6 +39,32 @@ def _why(exc: PyreqwestError) -> str:
     return text.split(" (os error", 1)[0]
 
 
+@types.coroutine
+def _resume(step, first):
+    """Finish a pyreqwest read whose first step, taken by hand, returned ``first`` (the future it waits on).
+
+    What ``await`` would have done from there: the task waits on that future, and what the task sends or
+    throws in (a cancellation included) goes on to the read.
+    """
+    out = first
+    while True:
+        try:
+            sent = yield out
+        except GeneratorExit:
+            step.close()
+            raise
+        except BaseException as exc:
+            try:
+                out = step.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                out = step.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
 class _ReqwestStream:
     __slots__ = ("_request", "_resp", "status", "retry_after", "_url", "_idle")
 
@@ -51,24 +83,46 @@ class _ReqwestStream:
             return b""
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        # pyreqwest hands over one network read (an HTTP/1.1 chunk, an HTTP/2 DATA frame: one SSE event as
+        # providers write them) per read_chunk() and has no "what has arrived" call. So each read is
+        # stepped by hand: those that complete at once are joined into one piece (one SSE decode and one
+        # relay downstream for the lot, as aiohttp's readany gives), and the first that would wait is
+        # kept, already started, and awaited once the piece is out: nothing is held back.
         reader = self._resp.body_reader
         loop = asyncio.get_running_loop()
         idle = self._idle
+        parts: list = []
+        read = reader.read_chunk()  # read(n) would wait for n bytes
         try:
-            # Each read may idle ``idle`` seconds (aiohttp's sock_read); the timer is off while the
-            # consumer relays a chunk, so its own slowness is never charged to the upstream.
+            # Each wait may last ``idle`` seconds (aiohttp's sock_read); the timer runs only while a read
+            # waits, never while the consumer relays a piece.
             async with asyncio.timeout(None) as deadline:
                 while True:
-                    deadline.reschedule(loop.time() + idle)
-                    data = await reader.read_chunk()  # read(n) would wait for n bytes
-                    deadline.reschedule(None)
+                    try:
+                        pending = read.send(None)
+                    except StopIteration as done:
+                        data = done.value
+                    else:
+                        if parts:
+                            yield b"".join(parts)
+                            parts = []
+                        deadline.reschedule(loop.time() + idle)
+                        data = await _resume(read, pending)
+                        deadline.reschedule(None)
                     if data is None:
+                        read = None
+                        if parts:
+                            yield b"".join(parts)
                         return
-                    yield bytes(data)
+                    parts.append(data)
+                    read = reader.read_chunk()
         except TimeoutError:
             raise timed_out(self._url, idle) from None
         except PyreqwestError as exc:
             raise unreachable(self._url, f"stream broke: {exc.__class__.__name__}") from None
+        finally:
+            if read is not None:
+                read.close()  # a read started by hand and left (the consumer stopped): drop it in Rust
 
     async def close(self) -> None:
         # Leaving the request's context before the body is read drops the connection, which cancels
