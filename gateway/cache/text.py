@@ -782,14 +782,19 @@ def _number_changed(na: tuple, nb: tuple, ca: tuple, cb: tuple) -> bool:
     """The same numbers, but one counts another thing ("1 nautical mile" / "1 mile") or is used
     otherwise ("7 percent of 350" / "7 percent more than 350")."""
     for num, pa, xa in na:
-        for num2, pb, xb in nb:
-            if num2 != num:
-                continue
-            if pa != pb and pa in _NUM_RELATIONS and pb in _NUM_RELATIONS:
-                return True
-            if xa and xb and not _alike(xa, xb) and (_stem_cached(xb) in ca or _stem_cached(xa) in cb):
-                return True  # a word put between the number and what it counts
+        # A number written twice ("question 7: what is 7 squared?") is changed only when no use of it in
+        # the other prompt is the same.
+        used = [(pb, xb) for num2, pb, xb in nb if num2 == num]
+        if used and not any(_same_use(pa, xa, pb, xb, ca, cb) for pb, xb in used):
+            return True
     return False
+
+
+def _same_use(pa: str, xa: str, pb: str, xb: str, ca: tuple, cb: tuple) -> bool:
+    if pa != pb and pa in _NUM_RELATIONS and pb in _NUM_RELATIONS:
+        return False
+    # Otherwise only a word put between the number and what it counts is a change.
+    return not (xa and xb and not _alike(xa, xb) and (_stem_cached(xb) in ca or _stem_cached(xa) in cb))
 
 
 def veto(a: tuple, b: tuple) -> str | None:
