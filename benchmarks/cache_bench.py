@@ -32,7 +32,7 @@ from gateway.cache import Cache, CacheConfig  # noqa: E402
 from gateway.request import ChatRequest  # noqa: E402
 
 from cache_prompts import generate, unique_prompts  # noqa: E402
-from tests.test_cache_helpers import labelled_pairs  # noqa: E402
+from tests.test_cache_helpers import FRESH_PAIRS, PAIRS, labelled_pairs  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 
@@ -95,7 +95,8 @@ async def bench_pairs(args) -> None:
         files = ["cache_pairs.jsonl", "cache_pairs_holdout.jsonl"]
         sets = {f: [json.loads(x) for x in (DATA / f).read_text().splitlines() if x.strip()] for f in files}
     else:
-        sets = {s: labelled_pairs(s) for s in args.splits}
+        files = {"old": PAIRS, "fresh": FRESH_PAIRS}
+        sets = {f"{d}:{s}": labelled_pairs(s, files[d]) for d in args.data for s in args.splits}
     print(f"labelled pairs, embedder={args.embedder} (the whole semantic tier: candidates, vetoes, verifier)")
     print(f"{'threshold':>9} | " + " | ".join(f"{f:<40}" for f in sets))
     for t in args.thresholds:
@@ -200,7 +201,12 @@ async def bench_latency(args) -> None:
     queries = queries[50:]
     for label in ("first time: each query asked once", "again: the same lookups a second time"):
         print(f"-- {label}")
+        CPU_TIMES.clear()
         _report_latency(await _time_lookups(cache, queries), len(fill))
+        cpu = [c for st, c in CPU_TIMES if st == "miss"]
+        # CPU time of the process: what a busy host (other runs on the same cores) does not inflate.
+        print(f"miss CPU time of the process: p50 {pct(cpu, 50) * 1e3:.3f} ms  p99 {pct(cpu, 99) * 1e3:.3f} ms; "
+              f"load {os.getloadavg()[0]:.2f}")
     await cache.close()
 
 
@@ -209,9 +215,10 @@ async def _time_lookups(cache, queries) -> list:
     for p in queries:
         before = dict(cache.stats()["guard_rejects"]), cache.stats()["verifications"]
         r = req(p["messages"])
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         res = await cache.lookup(r)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        CPU_TIMES.append((res.status, cpu))
         s = cache.stats()
         verified = s["verifications"] > before[1]
         guarded = sum(s["guard_rejects"].values()) > sum(before[0].values())
@@ -312,20 +319,10 @@ async def bench_ops(args) -> None:
 
 # ----------------------------------------------------------------------------- issue 15's examples
 
-# Quoted in issue 15 as misses; in no labelled set, never tuned on: run as they are.
-ISSUE_EXAMPLES = [
-    ("What's the capital of France?", "Which city is the capital of France?"),
-    ("Write a Python function to reverse a list", "Give me Python code that reverses a list"),
-    ("How do I undo the last git commit?", "How can I revert my most recent commit in git?"),
-    ("How do I merge two dictionaries in Python?", "Combine two dicts into one in Python"),
-    ("What is the population of Japan?", "How many people live in Japan?"),
-    ("What is the speed of light?", "How fast does light travel?"),
-    ("What is machine learning?", "Can you explain what machine learning is?"),
-]
-
-
 async def bench_examples(args) -> None:
+    """Issue 15's quoted pairs: misses when it was filed, in no labelled set, never tuned on (kept with their test)."""
     from gateway.cache.text import analyse, veto
+    from tests.test_cache_contrasts import ISSUE_EXAMPLES  # here: the other commands need no pytest import
 
     cache = Cache(cache_config(args), None)
     await cache.start()
@@ -392,14 +389,18 @@ def main() -> None:
     ap.add_argument("--fill", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=2_000)
     ap.add_argument("--ops", type=int, default=50_000)
-    ap.add_argument("--splits", nargs="*", default=["heldout"], choices=["tune", "heldout"],
-                    help="pairs: which split of tests/data/paraphrase_pairs.jsonl (tune on tune, report heldout)")
+    ap.add_argument("--splits", nargs="*", default=["heldout"], choices=["tune", "heldout", "all"],
+                    help="pairs: which split of each labelled set (tune on tune, report heldout)")
+    ap.add_argument("--data", nargs="*", default=["fresh"], choices=["fresh", "old"],
+                    help="pairs: tests/data/paraphrase_pairs_fresh.jsonl (written last, heldout untouched) "
+                         "and/or paraphrase_pairs.jsonl (old: its heldout split was reported on before)")
     ap.add_argument("--guard-only", action="store_true",
                     help="pairs: the lexical guard for every prompt, no static candidates (the design before issue 15)")
     ap.add_argument("--cold", action="store_true", help="pairs: do not let the verifier embed stored prompts before the lookups")
     ap.add_argument("--legacy", action="store_true", help="pairs: the issue-4 sets (tests/data/cache_pairs*.jsonl)")
     ap.add_argument("--latency", action="store_true", help="pairs: also the first-time semantic-hit latency")
-    ap.add_argument("--show", help="pairs: print the wrong decisions of this split (tune only, while tuning)")
+    ap.add_argument("--show", help="pairs: print the wrong decisions of this set:split, e.g. fresh:tune (never the "
+                                   "split you report on while tuning)")
     ap.add_argument("--margin", type=float, help="narrow_margin (default: the config's)")
     ap.add_argument("--candidates", type=int, help="top-k candidates taken from the index (default: the config's)")
     args = ap.parse_args()

@@ -452,6 +452,27 @@ def test_guard_reasons(a, b, reason):
     ("Before an interview, what should I prepare?", "What should I prepare before an interview?", None),
     ("How do I trim a string in Java?", "Java code to strip whitespace from a string", None),
     ("What is the larget desert?", "What is the largest desert?", None),
+    # Issue 15, second pass: symbols, flags and snake_case names, a request turned around, what a number
+    # counts, a request word in front of a swapped slot, and words that are not what they were taken for.
+    ("In Kotlin, what does ?: mean?", "In Kotlin, what does !! mean?", "operators"),
+    ("What does the ~ operator do in Python?", "What does the ^ operator do in Python?", "operators"),
+    ("What does grep -i do?", "What does grep -v do?", "identifiers"),
+    ("Why is user_count zero after the loop?", "Why is user_total zero after the loop?", "identifiers"),
+    ("How do I make my phone show notifications?", "How do I stop my phone from showing notifications?", "negation"),
+    ("Which plants attract bees?", "Which plants keep bees from coming?", "negation"),
+    ("How do I get rid of a cough?", "What's the best way to stop a cough?", None),
+    ("Convert 2 imperial gallons to liters.", "Convert 2 gallons to liters.", "units"),
+    ("What is 30 percent of 90?", "What is 30 percent less than 90?", "units"),
+    ("Convert 40 degrees Celsius to Kelvin.", "Convert 40 Celsius to Kelvin.", None),
+    ("Tell me 5 fun facts about red dwarfs.", "Quick question: list 5 fun facts about brown dwarfs.", "swap"),
+    ("What was the first film Kubrick made?", "What was the last film Kubrick made?", "numbers"),
+    ("How do I make my headphone battery last longer?", "How can I extend the battery life of my headphones?", None),
+    ("Best way to get rust off an old cast iron pan?", "How do I clean rust off a cast iron pan?", None),
+    ("How do I read a file in Go?", "How do I read a file in Rust?", "language"),
+    ("Should I go to Lisbon in spring?", "Is spring a good time to visit Lisbon?", None),
+    ("How do I sort a vector in C++?", "C++ code to sort a vector", None),
+    ("Quick one - how do I hard boil an egg?", "How do I hard boil an egg?", None),
+    ("Write a regular expression for a US zip code.", "Write a regex for a US zip code.", None),
 ])
 def test_veto_reasons(a, b, reason):
     """text.veto, one example per rule (written for this test, not taken from the labelled pairs)."""

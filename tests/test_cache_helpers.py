@@ -13,6 +13,8 @@ from gateway.request import ChatRequest
 
 MODEL = "gpt-4o-mini"
 PAIRS = Path(__file__).parent / "data" / "paraphrase_pairs.jsonl"
+# Written after the veto was tuned on PAIRS, and sharing no prompt with it (issue 15, second pass).
+FRESH_PAIRS = Path(__file__).parent / "data" / "paraphrase_pairs_fresh.jsonl"
 
 
 def split_of(pair: dict) -> str:
@@ -20,10 +22,10 @@ def split_of(pair: dict) -> str:
     return "heldout" if blake2b(f"{pair['a']}\x1f{pair['b']}".encode(), digest_size=8).digest()[0] % 2 else "tune"
 
 
-def labelled_pairs(split: str) -> list[dict]:
-    """tests/data/paraphrase_pairs.jsonl, one split: {"label": "hit"|"miss", "kind", "a", "b"}."""
-    rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
-    return [r for r in rows if split_of(r) == split]
+def labelled_pairs(split: str, path: Path = PAIRS) -> list[dict]:
+    """A labelled set's split ("tune", "heldout" or "all"): {"label": "hit"|"miss", "kind", "a", "b"}."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if split == "all" or split_of(r) == split]
 
 
 def chat(content: str, *, system: str | None = None, history: list[dict] | None = None, headers: dict | None = None,

@@ -1,5 +1,5 @@
-"""The default embedder and threshold against labelled prompt pairs (tests/data/paraphrase_pairs.jsonl,
-split tune / held-out; the issue-4 sets tests/data/cache_pairs*.jsonl).
+"""The default embedder and threshold against labelled prompt pairs (tests/data/paraphrase_pairs.jsonl and
+paraphrase_pairs_fresh.jsonl, each split tune / held-out; the issue-4 sets tests/data/cache_pairs*.jsonl).
 
 Each pair goes through the whole cache (index candidates, lexical guard,
 verifier): prompt ``a`` is stored, then prompt ``b`` is looked up, each pair
@@ -21,14 +21,17 @@ from pathlib import Path
 import pytest
 
 from gateway.cache import Cache
-from tests.test_cache_helpers import chat, completion, config
+from tests.test_cache_helpers import FRESH_PAIRS, PAIRS, chat, completion, config
 
 DATA = Path(__file__).parent / "data"
-# Measured on the held-out split at the defaults (gateway/cache/README.md): 120/165 paraphrases, 2/202 hard
-# negatives served (1.6 % of the served hits: issue 15's goal, < 1 %, is NOT met). The bounds are what was
-# measured, so a change that loses paraphrases or serves one more wrong answer fails here.
-HELD_OUT_MIN_RECALL = 0.7
-HELD_OUT_MAX_FALSE = 2
+# Held-out splits at the defaults, as measured (gateway/cache/README.md), so a change that loses
+# paraphrases or serves one more wrong answer fails here. paraphrase_pairs.jsonl's was reported on
+# several times while the veto was tuned (no longer untouched); paraphrase_pairs_fresh.jsonl's was
+# measured once, after the tuning of issue 15's second pass.
+HELD_OUT = {  # set: (its file, least paraphrase recall, most wrong answers served)
+    "old": (PAIRS, 0.73, 0),
+    "fresh": (FRESH_PAIRS, 0.61, 1),
+}
 
 
 def load(name: str) -> list[dict]:
@@ -63,7 +66,7 @@ async def run_pairs(cache: Cache, pairs: list[dict]) -> dict:
 
 # Issue 4's sets: the guard's own (tuned on) and its held-out set. Issue 15's veto serves more of their
 # paraphrases (measured 97/102 and 41/45, was 80 and 31) and one wrong answer on the held-out one (1/76).
-@pytest.mark.parametrize("name, max_false", [("cache_pairs.jsonl", 0), ("cache_pairs_holdout.jsonl", 1)])
+@pytest.mark.parametrize("name, max_false", [("cache_pairs.jsonl", 0), ("cache_pairs_holdout.jsonl", 0)])
 async def test_default_embedder_on_labelled_pairs(name, max_false):
     pairs = load(name)
     assert sum(p["label"] == "hit" for p in pairs) >= 40 and sum(p["label"] == "miss" for p in pairs) >= 70
@@ -81,33 +84,36 @@ async def test_default_embedder_on_labelled_pairs(name, max_false):
     assert res["paraphrase_hit_rate"] >= 0.85, res["lost"]
 
 
-async def _split(name: str, **cfg) -> dict:
+async def _split(name: str, path: Path = PAIRS, **cfg) -> dict:
     from tests.test_cache_helpers import labelled_pairs
 
     cache = Cache(config(**cfg), None)
     await cache.start()
     try:
-        return await run_pairs(cache, labelled_pairs(name))
+        return await run_pairs(cache, labelled_pairs(name, path))
     finally:
         await cache.close()
 
 
-async def test_default_embedder_on_the_held_out_split():
-    """tests/data/paraphrase_pairs.jsonl, written apart from the veto's word lists and split by a hash of
-    each pair before any tuning (tests/test_cache_helpers.split_of): the veto, VETO_SPREAD and the margins
-    were chosen on "tune" only. Issue 15's goals: >= 60 % of paraphrases hit at the default threshold (met),
-    wrong answers < 1 % of served semantic hits (not met: 2 of 122)."""
-    res = await _split("heldout")
-    assert res["hit_pairs"] >= 150 and res["miss_pairs"] >= 150
-    print(f"\nheld-out: paraphrases hit {res['paraphrase_hits']}/{res['hit_pairs']}, "
+@pytest.mark.parametrize("name", sorted(HELD_OUT))
+async def test_default_embedder_on_the_held_out_split(name):
+    """Each set written apart from the veto's word lists and split by a hash of each pair before any
+    tuning (tests/test_cache_helpers.split_of): the veto, VETO_SPREAD and the margins were chosen on the
+    "tune" splits only. Issue 15's goals: >= 60 % of paraphrases hit at the default threshold, wrong
+    answers < 1 % of served semantic hits."""
+    path, min_recall, max_false = HELD_OUT[name]
+    res = await _split("heldout", path)
+    assert res["hit_pairs"] >= 100 and res["miss_pairs"] >= 120
+    print(f"\n{name} held-out: paraphrases hit {res['paraphrase_hits']}/{res['hit_pairs']}, "
           f"false hits {res['false_hits']}/{res['miss_pairs']} ({res['false_hit_share']:.1%} of served)")
-    assert res["paraphrase_hit_rate"] >= HELD_OUT_MIN_RECALL, res["lost"]
-    assert res["false_hits"] <= HELD_OUT_MAX_FALSE, res["false"]
+    assert res["paraphrase_hit_rate"] >= min_recall, res["lost"]
+    assert res["false_hits"] <= max_false, res["false"]
 
 
-async def test_default_embedder_on_the_tune_split():
-    res = await _split("tune")
-    assert res["paraphrase_hit_rate"] >= 0.75, res["lost"]
+@pytest.mark.parametrize("path, min_recall", [(PAIRS, 0.75), (FRESH_PAIRS, 0.68)])
+async def test_default_embedder_on_the_tune_split(path, min_recall):
+    res = await _split("tune", path)
+    assert res["paraphrase_hit_rate"] >= min_recall, res["lost"]
     assert res["false_hits"] == 0, res["false"]
 
 

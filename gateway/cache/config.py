@@ -32,7 +32,7 @@ class CacheConfig:
     narrow_margin: float = 0.1  # long prompts (the guard): extra similarity asked per content word that differs (up to 2)
     # Short prompts (the veto): extra similarity asked when one adds content words to the other ("cook rice" /
     # "cook rice in a microwave": 0.90; "capital of X" / "which city is the capital of X": 0.96; tune split)
-    added_words_margin: float = 0.05
+    added_words_margin: float = 0.06
     # Longer last messages: exact tier only. The guard analyses a query on the loop (~0.35 µs a
     # character: ~1.4 ms at 4,000); the spec's longest prompts are ~2,000 characters.
     max_semantic_chars: int = 4_000

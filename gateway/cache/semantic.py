@@ -46,6 +46,11 @@ Candidate = tuple[Entry, "float | None"]  # (entry, index cosine; None when foun
 # The veto took the near misses out that made a raw 0.85 necessary (labelled pairs, tune split:
 # see gateway/cache/README.md). Long prompts (the guard) keep the raw cosine.
 VETO_SPREAD = 1.5
+# When every content word of each prompt pairs with one of the other (the same words up to synonyms,
+# inflections and typos) and the veto found no contrast, the words already agree: MiniLM is asked for
+# less (0.85 -> cosine 0.745). Typos are where it needs it: WordPiece cuts "populaton" into pieces that
+# mean nothing ("What is the populaton of Brazil?" / "... population ...": cosine 0.76).
+PAIRED_MARGIN = -0.02
 # Short prompts stored while the verifier is idle are embedded then (on its executor, lookups first),
 # so a first-time semantic hit embeds only the query. Past this backlog they are embedded on first use.
 PRE_EMBED_BACKLOG = 1024
@@ -224,7 +229,10 @@ class Semantic:
         return passing
 
     def _needed(self, added: int, vetoed: bool = False) -> float:
+        """The score a candidate must reach; ``added``: text.added_words (-1: every word pairs off)."""
         if vetoed:  # one prompt adds content words to the other: a narrower question, or more context
+            if added < 0:
+                return self.config.semantic_threshold + PAIRED_MARGIN
             return self.config.semantic_threshold + (self.config.added_words_margin if added else 0.0)
         return self.config.semantic_threshold + self.config.narrow_margin * min(added, 2)
 

@@ -146,17 +146,30 @@ _NUMBER_WORDS = {
     "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
     "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50",
     "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
-    "first": "1", "second": "2", "third": "3", "fourth": "4", "fifth": "5", "last": "#last",
+    "first": "1", "second": "2", "third": "3", "fourth": "4", "fifth": "5",
     "half": "0.5", "double": "x2", "twice": "x2", "triple": "x3",
 }
 
 _WORDS = re.compile(r"[a-z0-9]+")
-# "one" is left out of _NUMBER_WORDS: far more often a pronoun ("one of their keys") than a count.
+# "one" is left out of _NUMBER_WORDS: far more often a pronoun ("one of their keys") than a count; so is
+# "last": a position ("the last commit" = "the most recent"; "last longer" a verb), opposed to "first" by
+# the veto's opposites, not a number.
 _ROMAN_VALUES = {"II": "2", "III": "3", "IV": "4", "VI": "6", "VII": "7", "VIII": "8", "IX": "9", "XI": "11", "XII": "12"}
 _ROMAN = re.compile(r"\b(" + "|".join(sorted(_ROMAN_VALUES, key=len, reverse=True)) + r")\b")
 # One name per language: "JS" and "JavaScript" ask for the same code.
 _LANG_ALIASES = {"golang": "go", "js": "javascript", "ts": "typescript", "cpp": "c++", "csharp": "c#",
-                 "node.js": "nodejs", "node": "nodejs", "postgres": "postgresql", "yml": "yaml", "sh": "bash"}
+                 "node.js": "nodejs", "node": "nodejs", "postgres": "postgresql", "yml": "yaml", "sh": "bash",
+                 "shell": "bash"}
+# Language names that are also everyday words ("go about", "rust off my tools", "swift reply"): a language
+# only when written as a name (capitalised after the first word), after "in"/"using"/"with", or in a prompt
+# about code.
+_AMBIGUOUS_LANGS = frozenset("go rust swift ruby dart julia r".split())
+_LANG_CUES = frozenset("in using with into".split())
+_CODE_WORDS = frozenset("""
+    code coding coder program programs programming function functions script scripts loop loops compile compiler
+    library libraries package packages array arrays string strings variable variables class classes struct syntax
+    snippet error errors exception exceptions module modules type types developer app apps api
+    """.split())
 _NUMBERS = re.compile(r"\d+(?:[.,]\d+)*%?")
 _OPS = re.compile(r"(?<=[\s\d(])(?:===|!==|<=|>=|==|!=|->|=>|\*\*|//|[-+*/^<>=])(?=[\s\d(]|[.,;:?!)]?$)"
                   r"|(?<=\w)(?:\+\+|--|[-+*/%]=)(?=[\s\d;)]|$)|(?<=\s)(?:[-+*/%]=)(?=\s)")
@@ -169,6 +182,24 @@ _IDENTS = re.compile(
 )
 # Language names the word regex would cut up (c++ -> c).
 _SPECIAL_LANGS = re.compile(r"(?<![\w.])(c\+\+|c#|f#|\.net|node\.js|objective-c)(?![\w])")
+_SPECIAL_LANGS_ANY_CASE = re.compile(_SPECIAL_LANGS.pattern, re.IGNORECASE)
+# A dash between two words is punctuation ("Quick question - how do I ..."), not a minus.
+_DASH = re.compile(r"(?<=[A-Za-z][A-Za-z]) -+ (?=[A-Za-z][A-Za-z])")
+# For the veto: ASCII symbols (quotes, apostrophes, backticks and underscores aside); a run is one token.
+_SYM_RUN = re.compile(r"[!#$%&()*+,\-./:;<=>?@\[\\\]^{|}~]+")
+_SENTENCE_MARKS = ".,;:?!"
+# Command-line flags ("-a", "--force") and snake_case / dunder names ("my_function", "__init__").
+_FLAGS_SNAKE = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*|\b_*[A-Za-z0-9]+(?:_+[A-Za-z0-9]+)+_*")
+# A request turned around ("make my site show up" / "stop my site from showing up", "what to include" /
+# "what to avoid"): 2; a verb of ending that a rewording keeps in some form ("stop smoking" / "quit
+# smoking" / "get rid of hiccups"): 1; neither: 0. Only 2 against 0 is a contrast.
+_TURNED = frozenset("prevent prevents preventing avoid avoids avoiding".split())
+_TURNED_FROM = re.compile(r"\b(?:stop|keep|prevent)(?:s|ping|ing)? \w+(?: \w+)? from\b")
+_ENDING = frozenset("stop stops stopping quit quits quitting rid cease ceases end ends".split())
+# The word before a number that says what is done with it: "7 percent of 350" / "7 percent more than 350".
+_NUM_RELATIONS = frozenset("of than by per times plus minus divided multiplied".split())
+# A unit's generic word: "100 degrees Fahrenheit" is "100 Fahrenheit".
+_GENERIC_UNITS = frozenset("degree degrees".split())
 _APOS = re.compile(r"(\w)['’](\w)")
 # "<word> to|from|into ... [the|a|an] <word>": the pairs a direction word orders.
 # Possessive (++): a word or a space run is never worth giving back, and these two patterns are most of
@@ -242,6 +273,9 @@ class Analysis(NamedTuple):
     kind: int  # K_* bits: who / when / where / why, an instruction to make something, "what is", "how do I"
     parts: tuple[str, ...]  # the particles on/off, up/down, in/out, with repeats
     last: int  # toks[last:] is the last sentence
+    # Literals only the veto compares (not in ``sig``, so content keys stay as they were):
+    lits: tuple  # (symbol tokens, flags and snake_case names, a verb that turns the request around)
+    nums: tuple[tuple[str, str, str], ...]  # (number, word before, word after): what is counted, how it is used
 
 
 def _digest64(text: str) -> int:
@@ -319,11 +353,18 @@ def analyse(text: str) -> tuple:
         m = m.strip().lower()
         if m not in LANGUAGES:
             idents.add(m)
-    ops = _OPS.findall(text)
+    optext = text
+    if "+" in text or "#" in text:
+        optext = _SPECIAL_LANGS_ANY_CASE.sub("lang", optext)  # "C++ code" has no "++" operator
+    if " -" in optext:
+        optext = _DASH.sub(" , ", optext)
+    ops = _OPS.findall(optext)
     if ops and "(" in text:
         ops += _PARENS.findall(text)
     ops = tuple(sorted(ops))
     low = text.lower()
+    if "regular expression" in low:
+        low = low.replace("regular expressions", "regex").replace("regular expression", "regex")
     langs = set()
     if "c+" in low or "#" in low or ".net" in low or "node.js" in low or "objective-c" in low:
         langs.update(_SPECIAL_LANGS.findall(low))
@@ -331,6 +372,9 @@ def analyse(text: str) -> tuple:
     words = _WORDS.findall(low)
     wset = set(words)
     langs.update(wset & LANGUAGES)
+    for w in langs & _AMBIGUOUS_LANGS:
+        if not _language_use(w, text, words, wset):
+            langs.discard(w)
     for alias in langs & _LANG_ALIASES.keys():
         langs.discard(alias)
         langs.add(_LANG_ALIASES[alias])
@@ -350,6 +394,8 @@ def analyse(text: str) -> tuple:
     toks: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     parts: tuple[str, ...] = ()
+    lits: tuple = ()
+    nums: tuple = ()
     kind = last = 0
     if len(content) < VETO_WORDS:
         # For the contrast veto (short prompts): the content words in order (synonyms as their group,
@@ -365,6 +411,9 @@ def analyse(text: str) -> tuple:
                               and m.upper() not in _ROMAN_VALUES}))
         kind = _kind(words)
         parts = tuple(sorted(w for w in words if w in _PARTICLES))
+        lits = (_symbols(optext), tuple(sorted(m.lower() for m in _FLAGS_SNAKE.findall(text))),
+                2 if wset & _TURNED or ("from" in wset and _TURNED_FROM.search(low)) else int(bool(wset & _ENDING)))
+        nums = _number_contexts(words)
     return (
         _signature(tuple(sorted(numbers)), bool(wset & NEGATIONS), tuple(sorted(langs)), ops, tuple(sorted(idents))),
         tuple(sorted(content)),
@@ -375,7 +424,54 @@ def analyse(text: str) -> tuple:
         kind,
         parts,
         last,
+        lits,
+        nums,
     )
+
+
+def _language_use(w: str, text: str, words: list[str], wset: set[str]) -> bool:
+    """Whether an ambiguous language name ("go", "rust") names the language here."""
+    if wset & _CODE_WORDS or re.search(r"(?<=[a-z0-9,;:] )" + re.escape(w.capitalize()) + r"\b", text):
+        return True
+    return any(x == w and i and words[i - 1] in _LANG_CUES for i, x in enumerate(words))
+
+
+def _symbols(text: str) -> tuple[str, ...]:
+    """The prompt's symbol tokens, sorted ("??", "?.", "|", "&", "+="): sentence marks, joiners inside a
+    word ("e-ink", "Node.js") and dashes between words left out."""
+    out = []
+    n = len(text)
+    for m in _SYM_RUN.finditer(text):
+        s, e = m.span()
+        run = m.group()
+        before = text[s - 1] if s else " "
+        after = text[e] if e < n else " "
+        if before.isalnum() and after.isalnum() and run in (".", "-"):
+            continue  # a joiner: "thank-you", "os.path"
+        if not before.isspace() and (after.isspace() or e == n):
+            run = run.rstrip(_SENTENCE_MARKS)  # "works." "Hi!" "(x + 3)." -> ")"
+        elif before.isspace() and (after.isspace() or e == n) and all(c in ",;:!-" for c in run):
+            continue  # a mark or a dash standing alone
+        if run:
+            out.append(run)
+    return tuple(sorted(out))
+
+
+def _number_contexts(words: list[str]) -> tuple[tuple[str, str, str], ...]:
+    """(number, word before, word after) for each number of the prompt: its unit and what is done with it."""
+    out = []
+    for i, w in enumerate(words):
+        if w[0].isdigit():
+            num = w.rstrip("abcdefghijklmnopqrstuvwxyz")  # "10th", "3x"
+        elif w in _NUMBER_WORDS:
+            num = _NUMBER_WORDS[w]
+        else:
+            continue
+        j = i + 1
+        while j < len(words) and words[j] in _GENERIC_UNITS:
+            j += 1
+        out.append((num, words[i - 1] if i else "", words[j] if j < len(words) else ""))
+    return tuple(out)
 
 
 def _same(a: str, b: str) -> bool:
@@ -509,6 +605,7 @@ _ASPECTS = frozenset(_stem(w) for w in """
     matters
     """.split())
 SLOT_WORDS = 2  # a slot: one run of at most this many words, as many on each side
+LEAD_FRAME = 4  # shared words a swap needs around it when one prompt has a request word in front
 
 
 def _tok(w: str) -> str:
@@ -593,8 +690,9 @@ def _opposite(x: str, y: str) -> bool:
 def _unpaired(a: tuple, b: tuple) -> tuple[list[str], list[str], set[str]]:
     ca, cb = set(a[1]), set(b[1])
     shared = ca & cb
-    only_a = [w for w in ca - cb if w not in NEUTRAL_STEMS]
-    only_b = [w for w in cb - ca if w not in NEUTRAL_STEMS]
+    # Sorted: the pairing is greedy, and a set's order changes with the process' hash seed.
+    only_a = sorted(w for w in ca - cb if w not in NEUTRAL_STEMS)
+    only_b = sorted(w for w in cb - ca if w not in NEUTRAL_STEMS)
     only_a, only_b = _pair_words(only_a, only_b, shared, _alike)
     return only_a, only_b, shared
 
@@ -621,9 +719,24 @@ def _qualifier(ta: tuple, tb: tuple) -> bool:
 
 
 def _swapped(ca: tuple, cb: tuple) -> bool:
-    """One slot of at most SLOT_WORDS words swapped in an otherwise equal frame (3 words when the frame has 2+)."""
+    """One slot of at most SLOT_WORDS words swapped in an otherwise equal frame (3 words when the frame has 2+),
+    also once the words one prompt puts in front that the other lacks are set aside ("List 10 facts about
+    dark matter" / "10 facts about dark energy": "Tell me" is framing, "List" a word of its own)."""
+    if _one_slot(ca, cb):
+        return True
+    if len(ca) > 1 and len(cb) > 1 and not _alike(ca[0], cb[0]):
+        # A request word of its own in front of one ("List ..."), the other's framing skipped ("Tell me ..."):
+        # with a longer shared frame, so that a rewording's first word is not taken for it.
+        if not any(_alike(ca[0], y) for y in cb) and _one_slot(ca[1:], cb, LEAD_FRAME):
+            return True
+        if not any(_alike(cb[0], x) for x in ca) and _one_slot(ca, cb[1:], LEAD_FRAME):
+            return True
+    return False
+
+
+def _one_slot(ca: tuple, cb: tuple, min_frame: int = 1) -> bool:
     ra, rb, frame = _slot(ca, cb)
-    if not (ra and rb and frame) or _pair_off(ra, rb):
+    if not (ra and rb) or frame < min_frame or _pair_off(ra, rb):
         return False
     n = SLOT_WORDS + (frame >= 2)
     return len(ra) <= n and len(rb) <= n
@@ -665,6 +778,25 @@ def _reversed_relation(ta: tuple, tb: tuple) -> bool:
     return any(moved(la, rb, lb) and moved(ra, lb, rb) for (_, la, ra), (_, lb, rb) in zip(sa, sb))
 
 
+def _number_changed(na: tuple, nb: tuple, ca: tuple, cb: tuple) -> bool:
+    """The same numbers, but one counts another thing ("1 nautical mile" / "1 mile") or is used
+    otherwise ("7 percent of 350" / "7 percent more than 350")."""
+    for num, pa, xa in na:
+        # A number written twice ("question 7: what is 7 squared?") is changed only when no use of it in
+        # the other prompt is the same.
+        used = [(pb, xb) for num2, pb, xb in nb if num2 == num]
+        if used and not any(_same_use(pa, xa, pb, xb, ca, cb) for pb, xb in used):
+            return True
+    return False
+
+
+def _same_use(pa: str, xa: str, pb: str, xb: str, ca: tuple, cb: tuple) -> bool:
+    if pa != pb and pa in _NUM_RELATIONS and pb in _NUM_RELATIONS:
+        return False
+    # Otherwise only a word put between the number and what it counts is a change.
+    return not (xa and xb and not _alike(xa, xb) and (_stem_cached(xb) in ca or _stem_cached(xa) in cb))
+
+
 def veto(a: tuple, b: tuple) -> str | None:
     """The contrast between two short prompts that an embedder misses, if any (None: let it judge).
 
@@ -679,6 +811,14 @@ def veto(a: tuple, b: tuple) -> str | None:
     if a[0] != b[0]:
         x = a[0] ^ b[0]
         return LITERAL_RULES[((x & -x).bit_length() - 1) // 64]
+    la, lb = a[9], b[9]
+    if la != lb:
+        if la[0] != lb[0]:
+            return "operators"  # "??" / "?.", "|" / "&"
+        if la[1] != lb[1]:
+            return "identifiers"  # "ls -a" / "ls -l", "my_function" / "my_other_function"
+        if {la[2], lb[2]} == {0, 2}:
+            return "negation"  # "show up in Google" / "stop it from showing up in Google"
     pa, pb = a[7], b[7]
     if pa != pb:
         for p, q in _PARTICLE_PAIRS:  # one has a "p" more, the other a "q" more
@@ -693,6 +833,8 @@ def veto(a: tuple, b: tuple) -> str | None:
     ta, tb = a[4], b[4]
     if _reversed_relation(ta, tb):
         return "direction"
+    if a[10] and _number_changed(a[10], b[10], a[1], b[1]):
+        return "units"
     na, nb = set(a[5]), set(b[5])
     xa = xb = ()
     if na != nb:
@@ -732,6 +874,9 @@ def veto(a: tuple, b: tuple) -> str | None:
 
 
 def added_words(a: tuple, b: tuple) -> int:
-    """Content words one prompt has that the other lacks, when the other adds none (a narrower question)."""
+    """Content words one prompt has that the other lacks, when the other adds none (a narrower question);
+    -1 when every content word of each pairs with one of the other (synonyms, inflections, typos)."""
     only_a, only_b, _ = _unpaired(a, b)
+    if not only_a and not only_b:
+        return -1
     return len(only_a) + len(only_b) if not only_a or not only_b else 0
