@@ -30,7 +30,8 @@ log = logging.getLogger("gateway.cache")
 SOCKET_ENV = "GATEWAY_VERIFIER_SOCKET"
 STORED_BATCH = 16  # stored prompts per STORED request
 STORED_BACKLOG = 1024  # as semantic.PRE_EMBED_BACKLOG: past it a prompt is embedded at its first use
-LOAD_WAIT = 60.0  # the longest a lookup waits for the model to load (start-up: ~4-10 s)
+LOAD_WAIT = 20.0  # the longest a lookup waits for the model to load (start-up: ~4-10 s)
+SUSPECT_SECONDS = 1.0  # after a lookup timed out, lookups answer miss at once for this long
 STORED_TIMEOUT = 120.0  # a STORED request runs at idle priority: on a busy machine it may wait long
 
 
@@ -42,6 +43,7 @@ class _Client(asyncio.Protocol):
     def __init__(self, owner: SharedVerifier) -> None:
         self.owner = owner
         self.buf = bytearray()
+        self.pending: dict[int, asyncio.Future] = {}  # request id -> its answer, on this connection
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -53,7 +55,7 @@ class _Client(asyncio.Protocol):
         self.buf += data
         try:
             for rid, kind, count, body in wire.frames(self.buf):
-                self.owner._answer(rid, kind, count, body)
+                self.owner._answer(self, rid, kind, count, body)
         except ValueError:
             self.transport.close()  # not the verifier speaking: connection_lost fails what waits
 
@@ -84,10 +86,10 @@ class SharedVerifier(Verifier):
         self.server_pid: int | None = None
         self._proto: _Client | None = None
         self._ready = False
-        self._pending: dict[int, asyncio.Future] = {}
         self._rid = 0
         self._connecting: asyncio.Task | None = None
         self._retry_at = 0.0
+        self._suspect_until = 0.0
         self._backoff = 0.05
         self.stored: deque = deque()
         self._wake: asyncio.Event | None = None
@@ -116,15 +118,27 @@ class SharedVerifier(Verifier):
         try:
             _t, proto = await asyncio.wait_for(loop.create_unix_connection(lambda: _Client(self), self.path), 1.0)
         except (OSError, asyncio.TimeoutError) as exc:
-            self._retry_at = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, 1.0)
-            self.last_error = f"connect: {type(exc).__name__}: {exc}"
+            self._drop(f"connect: {type(exc).__name__}: {exc}")
             raise VerifierUnavailable(self.last_error) from None
         self._proto = proto
+        try:
+            await self._hello()
+        except Exception as exc:  # noqa: BLE001 - listening but not answering: not a verifier to wait on
+            self._drop(f"hello: {type(exc).__name__}: {exc}")
+            raise VerifierUnavailable(self.last_error) from None
         self._backoff = 0.05
         self.last_error = None
         self.connects += 1
-        await self._hello()
+
+    def _drop(self, why: str) -> None:
+        proto, self._proto, self._ready = self._proto, None, False
+        self.last_error = why
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 1.0)
+        if proto is not None:
+            proto.transport.close()
+        if self._wake is not None:
+            self._wake.set()  # run() reconnects
 
     async def _hello(self) -> None:
         info = orjson.loads(await self._call(wire.HELLO, [], 2.0))
@@ -151,13 +165,15 @@ class SharedVerifier(Verifier):
             self.last_error = f"connection lost: {exc or 'closed by the verifier'}"
             log.warning("cache: the shared verifier's connection closed (%s); lookups that need it answer miss "
                         "until it is back", exc or "closed")
-        for fut in self._pending.values():
+            if self._wake is not None:
+                self._wake.set()  # run() reconnects
+        for fut in proto.pending.values():
             if not fut.done():
                 fut.set_exception(VerifierUnavailable("the shared verifier's connection closed"))
-        self._pending.clear()
+        proto.pending.clear()
 
-    def _answer(self, rid: int, kind: int, count: int, body: bytes) -> None:
-        fut = self._pending.pop(rid, None)
+    def _answer(self, proto: _Client, rid: int, kind: int, count: int, body: bytes) -> None:
+        fut = proto.pending.pop(rid, None)
         if fut is None or fut.done():
             return  # timed out already
         if kind == wire.OK:
@@ -172,12 +188,12 @@ class SharedVerifier(Verifier):
         self._rid = (self._rid + 1) & 0xFFFFFFFF
         rid = self._rid
         fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        proto.pending[rid] = fut
         proto.transport.write(wire.request(rid, kind, texts))
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            self._pending.pop(rid, None)
+            proto.pending.pop(rid, None)
             self.timeouts += 1
             raise VerifierUnavailable(f"no answer from the shared verifier within {timeout:g} s") from None
 
@@ -185,6 +201,8 @@ class SharedVerifier(Verifier):
 
     async def awindows(self, texts: list[str]) -> list[np.ndarray]:
         try:
+            if time.monotonic() < self._suspect_until:
+                raise VerifierUnavailable(self.last_error or "the shared verifier did not answer in time")
             await self._ensure()
         except VerifierUnavailable:
             self.unavailable += 1
@@ -193,8 +211,14 @@ class SharedVerifier(Verifier):
         # the in-process verifier's warm(), but not for ever.
         timeout = self.timeout if self._ready else max(self.timeout, LOAD_WAIT)
         out = []
-        for lo in range(0, len(texts), wire.MAX_TEXTS):
-            out += await self._call(wire.LOOKUP, texts[lo:lo + wire.MAX_TEXTS], timeout)
+        try:
+            for lo in range(0, len(texts), wire.MAX_TEXTS):
+                out += await self._call(wire.LOOKUP, texts[lo:lo + wire.MAX_TEXTS], timeout)
+        except VerifierUnavailable as exc:
+            if self._proto is not None:  # a timeout: stuck or swamped; the next lookups do not queue behind it
+                self._suspect_until = time.monotonic() + SUSPECT_SECONDS
+                self.last_error = str(exc)
+            raise
         self._ready = True
         return [out[0].copy()] + [a.astype(np.float16) for a in out[1:]]
 
