@@ -53,6 +53,7 @@ import numpy as np
 import orjson
 
 from gateway.cache.text import STOPWORDS, _stem
+from gateway.cache.wordpiece import WordPiece
 
 log = logging.getLogger("gateway.cache")
 
@@ -213,19 +214,22 @@ class StaticEmbedder:
 
     def __init__(self, tokenizer=None) -> None:
         t = _static_table()
-        self.q, self.scale, self.mean, self.weight = t.q, t.scale, t.mean, t.weight
-        self.tokenizer = tokenizer if tokenizer is not None else t.tokenizer
+        self.q, self.scale, self.mean, self.weight, self._wordpiece = t.q, t.scale, t.mean, t.weight, t.wordpiece
+        self.tokenizer = tokenizer if tokenizer is not None else _TOKENIZER
         self._word_ids: dict[str, tuple[int, ...]] = {}
 
     def _ids(self, text: str, max_tokens: int) -> list[int]:
         # Word by word, each word's WordPiece ids cached: the tokenizer's own call costs ~150 µs
-        # (measured) however short the text, a dict lookup a word well under one.
+        # (measured) however short the text, a dict lookup a word well under one. A new ASCII word
+        # is split in Python (wordpiece.py, a few µs); the library only sees the others.
         ids: list[int] = []
         cache = self._word_ids
         for w in _PIECE.findall(text.lower()):
             t = cache.get(w)
             if t is None:
-                t = tuple(self.tokenizer.encode(w, add_special_tokens=False).ids)
+                t = self._wordpiece.word(w)
+                if t is None:
+                    t = tuple(self.tokenizer.encode(w, add_special_tokens=False).ids)
                 if len(cache) < 200_000:
                     cache[w] = t
             ids.extend(t)
@@ -249,7 +253,35 @@ class _Table(NamedTuple):
     scale: np.ndarray
     mean: np.ndarray
     weight: np.ndarray
-    tokenizer: object
+    wordpiece: WordPiece
+
+
+class _LazyTokenizer:
+    """The tokenizers library's Tokenizer, loaded on first use: a worker whose verifier runs in the
+    shared process only needs it for words wordpiece.py leaves to it (non-ASCII)."""
+
+    _tok = None
+
+    def __getattr__(self, name: str):
+        tok = _LazyTokenizer._tok
+        if tok is None:
+            with _TOKENIZER_LOCK:
+                tok = _LazyTokenizer._tok
+                if tok is None:
+                    tok = _LazyTokenizer._tok = load_tokenizer()
+        return getattr(tok, name)
+
+
+_TOKENIZER_LOCK = threading.Lock()
+_TOKENIZER = _LazyTokenizer()
+
+
+def load_vocab() -> dict[str, int]:
+    """MiniLM's WordPiece vocabulary from data/minilm-tokenizer.json (checked against its pinned hash)."""
+    raw = TOKENIZER_FILE.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != TOKENIZER_SHA256:
+        raise RuntimeError(f"{TOKENIZER_FILE}: not the pinned MiniLM tokenizer (sha256 mismatch)")
+    return orjson.loads(raw)["model"]["vocab"]
 
 
 @lru_cache(maxsize=1)
@@ -288,8 +320,7 @@ def _static_table() -> _Table:
         mm.madvise(mmap.MADV_DONTNEED)
     except (AttributeError, OSError, ValueError):
         pass
-    tokenizer = load_tokenizer()
-    vocab = tokenizer.get_vocab()
+    vocab = load_vocab()
     weight = np.ones(wd[0], dtype=np.float32)
     for w in STOPWORDS:
         if w in vocab:
@@ -297,14 +328,15 @@ def _static_table() -> _Table:
     for w in ".,;:!?'\"()[]{}-":
         if w in vocab:
             weight[vocab[w]] = 0.05
+    wordpiece = WordPiece(vocab)
     del vocab
     _release_free_heap()
-    return _Table(q, scale, mean, weight, tokenizer)
+    return _Table(q, scale, mean, weight, wordpiece)
 
 
 def preload() -> None:
-    """Load what every worker's semantic tier reads (static table, tokenizer) in this process, to be
-    inherited by the processes it forks; a failure is left for the workers to report."""
+    """Load what every worker's semantic tier reads (the static table, the vocabulary) in this process,
+    to be inherited by the processes it forks; a failure is left for the workers to report."""
     try:
         _static_table()
     except Exception:  # noqa: BLE001 - each worker then logs why its static vectors did not load
