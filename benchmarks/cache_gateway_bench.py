@@ -138,8 +138,17 @@ def rotation_script(path: Path, items: list[tuple[bytes, dict[str, str]]]) -> Pa
 
 
 def worker_max(g: gb.GatewayProcess, field: str) -> int:
-    """The largest /proc/<pid>/status ``field`` (kB) among a gateway's workers (0 if none)."""
-    return max((gb.proc_status(p).get(field, 0) for p in g.worker_pids()), default=0)
+    """The largest /proc/<pid>/status ``field`` (kB) among a gateway's workers (0 if none); the shared
+    verifier process is not a worker (benchmarks/memory_bench.py measures it)."""
+    return max((gb.proc_status(p).get(field, 0) for p in g.worker_pids() if not _is_verifier(p)), default=0)
+
+
+def _is_verifier(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"gateway.cache.verifier" in f.read()
+    except OSError:
+        return False
 
 
 def unique_script(path: Path, run_id: str) -> Path:
