@@ -122,7 +122,7 @@ def _start_shared_verifier(settings: Settings, workers: int, socket_dir: str):
     if minilm:
         from gateway.cache.embed import preload
 
-        preload()  # the static vectors' table and the tokenizer, inherited by the workers
+        preload()  # the static vectors' table and the vocabulary, inherited by the workers
     if not (minilm and cc.shared_verifier):
         os.environ.pop(VERIFIER_SOCKET_ENV, None)
         shutil.rmtree(socket_dir, ignore_errors=True)
