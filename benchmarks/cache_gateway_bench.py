@@ -496,7 +496,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def unique(slug: str):
             def make(tag: str) -> Path:
-                run_id = f"{slug}-{tag}-{uuid.uuid4().hex[:10]}"
+                # Letters only: a hex id such as "7ed28a454c" made about half the runs' prompts neither
+                # short nor long for the semantic tier (no static vectors: a cheaper miss), so the row
+                # measured one path or the other by chance.
+                run_id = f"{slug}-{tag}-" + "".join(chr(97 + int(h, 16)) for h in uuid.uuid4().hex[:10])
                 return unique_script(tmp / f"unique-{slug}.lua", run_id)
             return make
 

@@ -150,7 +150,9 @@ def unique_script(outdir: Path, tag: str) -> Path:
 def script(t: Target, scenario: str, label: str) -> Path:
     if scenario != "unique":
         return LUA[scenario]
-    return unique_script(t.outdir, f"{t.name}{label}{uuid.uuid4().hex[:8]}".replace("-", "").replace("_", ""))
+    # Letters only (cache_gateway_bench.py: a hex id can change how the semantic tier classifies the prompt).
+    tag = f"{t.name}{label}".replace("-", "").replace("_", "") + "".join(chr(97 + int(h, 16)) for h in uuid.uuid4().hex[:8])
+    return unique_script(t.outdir, tag)
 
 
 def others(t: Target, worker: int) -> list[int]:
