@@ -2,7 +2,7 @@
 """CPU instructions per request of a gateway worker, counted by valgrind: an A/B that a busy host cannot blur.
 
     python benchmarks/instr_bench.py [--baseline ../old-checkout] [--variant NAME[@TREE]:K=V,...] \
-        [--scenario nonstream|stream] [--seconds 20] [--connections 10] [--repeat 2]
+        [--scenario nonstream|stream|unique] [--seconds 20] [--connections 10] [--repeat 2]
 
 Requests per second on this shared 2-core machine move by 10-40 % from one run to the next with the other
 engineers' load, so a 3 % hot-path regression cannot be seen in them. An instruction count can: each
@@ -13,10 +13,14 @@ requests for ``--seconds``, the counters are dumped, and the worker's instructio
 Granian's Rust runtime, the loop, aiohttp, our code) are divided by the requests wrk completed. The same
 target measured twice here gave 628.8k and 626.8k per request (0.3 %).
 
+``--scenario unique`` sends a prompt never sent before on every request (non-streaming): with the cache on
+(``--variant on:GATEWAY_CACHE=true``) every request is a miss and a store, the semantic tier's miss path.
+Other processes of a target (the shared verifier that ``gateway serve`` starts) are counted apart and
+printed beside the worker: the worker's count is the critical path, theirs is work moved off it.
+
 Blind to load only while requests stay fast under valgrind: past 0.1 s of latency (a busy host, many
-connections) every plain request also starts its lazy client watch and the count rises; a warning says
-so, and ``--connections 2`` keeps latency down. ``--idle S`` subtracts a no-load rate measured first (it
-proved unsteady on a busy host, so it is off by default).
+connections) every plain request also starts its lazy client watch and the count rises (seen: 696k at
+load 1, 727-823k at load 10-16 for one tree); a warning says so, and ``--connections 2`` keeps latency down.
 
 What it does not see: kernel time (system calls, the loopback stack), cache misses and stalls, and
 parallelism across threads. It is a measure of work done, to put beside the interleaved throughput of
@@ -40,6 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.gateway_bench import free_port  # noqa: E402
 from gateway.simulator import SimulatorProcess  # noqa: E402
 
-LUA = {"nonstream": ROOT / "benchmarks" / "wrk" / "gateway_chat.lua", "stream": ROOT / "benchmarks" / "wrk" / "gateway_stream.lua"}
+LUA = {"nonstream": ROOT / "benchmarks" / "wrk" / "gateway_chat.lua", "stream": ROOT / "benchmarks" / "wrk" / "gateway_stream.lua",
+       "unique": None}  # unique: a script written for each wrk run (unique_script)
 API_KEY = "test-key-123"
 
 
@@ -92,7 +98,8 @@ class Target:
 
     def worker(self) -> int:
         # Granian forks its worker from the main process: the valgrind process that is a child of ours' child.
-        kids = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        kids = [k for k in subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                                          text=True).stdout.split() if "gateway.cache.verifier" not in _cmdline(k)]
         return int(kids[-1]) if kids else self.proc.pid
 
     def stop(self) -> None:
@@ -102,6 +109,14 @@ class Target:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def wrk(port: int, lua: Path, seconds: int, conns: int) -> dict:
@@ -115,33 +130,64 @@ def wrk(port: int, lua: Path, seconds: int, conns: int) -> dict:
     return json.loads(m.group(1))
 
 
-def _count(t: Target, w: int, label: str) -> int:
-    subprocess.run(["callgrind_control", "-d", label, str(w)], capture_output=True, check=True)
-    time.sleep(2)
-    dumps = sorted(t.outdir.glob(f"{t.name}.{w}.out.*"), key=lambda p: p.stat().st_mtime)
+def unique_script(outdir: Path, tag: str) -> Path:
+    """Non-streaming, a prompt never sent before on every request (the cache's miss path): ``tag`` is new
+    for every wrk run, since each run's counter starts again at 1."""
+    path = outdir / f"unique-{tag}.lua"
+    done = LUA["nonstream"].read_text().split("done = ", 1)[1]
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        'wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_API_KEY") or "test-key-123")\n'
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        '  return wrk.format("POST", "/v1/chat/completions", nil,\n'
+        "    '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"Tell me fact number ' .. n ..\n"
+        f"    ' about the benchmark run {tag}\"}}]}}')\n"
+        "end\n"
+        "done = " + done
+    )
+    return path
+
+
+def script(t: Target, scenario: str, label: str) -> Path:
+    if scenario != "unique":
+        return LUA[scenario]
+    # Letters only (cache_gateway_bench.py: a hex id can change how the semantic tier classifies the prompt).
+    tag = f"{t.name}{label}".replace("-", "").replace("_", "") + "".join(chr(97 + int(h, 16)) for h in uuid.uuid4().hex[:8])
+    return unique_script(t.outdir, tag)
+
+
+def others(t: Target, worker: int) -> list[int]:
+    """The valgrind processes of this target besides its main process and the worker (the shared verifier)."""
+    kids = subprocess.run(["pgrep", "-P", str(t.proc.pid)], capture_output=True, text=True).stdout.split()
+    return [int(k) for k in kids if int(k) != worker]
+
+
+def total_of(t: Target, pid: int) -> int | None:
+    dumps = sorted(t.outdir.glob(f"{t.name}.{pid}.out.*"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        return None
     for line in dumps[-1].read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dumps[-1]}")
+    return None
 
 
-def measure(t: Target, lua: Path, seconds: int, conns: int, label: str, idle: float) -> dict:
+def measure(t: Target, scenario: str, seconds: int, conns: int, label: str) -> dict:
     w = t.worker()
-    wrk(t.port, lua, 4, conns)  # warm: connections, the transport's pool, lazily built objects
-    idle_rate = 0.0
-    if idle > 0:
-        # What the worker does with no request at all (runtime threads, ticking timers, background tasks),
-        # per second: subtracted below, since on a busy host fewer requests share each second of it.
-        subprocess.run(["callgrind_control", "-z", str(w)], capture_output=True, check=True)
-        t0 = time.monotonic()
-        time.sleep(idle)
-        idle_rate = _count(t, w, label + "-idle") / (time.monotonic() - t0)
-    subprocess.run(["callgrind_control", "-z", str(w)], capture_output=True, check=True)
-    t0 = time.monotonic()
-    res = wrk(t.port, lua, seconds, conns)
-    total = _count(t, w, label)
-    elapsed = time.monotonic() - t0 - 2  # _count's settling sleep is after the dump
-    background = idle_rate * elapsed
+    extra = others(t, w)
+    wrk(t.port, script(t, scenario, "warm" + label), 4, conns)  # warm: connections, pools, lazily built objects
+    for p in [w, *extra]:
+        subprocess.run(["callgrind_control", "-z", str(p)], capture_output=True, check=True)
+    res = wrk(t.port, script(t, scenario, label), seconds, conns)
+    for p in extra:
+        subprocess.run(["callgrind_control", "-d", label, str(p)], capture_output=True)
+    subprocess.run(["callgrind_control", "-d", label, str(w)], capture_output=True, check=True)
+    time.sleep(2)
+    total = total_of(t, w)
+    side = sum(total_of(t, p) or 0 for p in extra)
     bad = res["status"] + res["timeout"] + res["connect"] + res["read"] + res["write"]
     n = max(1, res["requests"])
     if res["mean_us"] > 80_000:
@@ -149,8 +195,8 @@ def measure(t: Target, lua: Path, seconds: int, conns: int, label: str, idle: fl
         # per request than a quiet run's, so such figures compare only with each other.
         print(f"  warning: {t.name}'s mean latency under valgrind was {res['mean_us'] / 1000:.0f} ms (> 80 ms): "
               "per-request timers fired; use fewer --connections on a busy host", flush=True)
-    return {"requests": res["requests"], "errors": bad, "instructions": total, "idle_per_second": idle_rate,
-            "per_request": (total - background) / n, "per_request_raw": total / n}
+    return {"requests": res["requests"], "errors": bad, "instructions": total, "per_request": total / n,
+            "other_processes": len(extra), "other_per_request": side / n}
 
 
 def main() -> None:
@@ -162,8 +208,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=1, help="measurements per target (they should agree within ~1 %%)")
-    ap.add_argument("--idle", type=float, default=0.0,
-                    help="seconds of no load measured first, whose rate is subtracted (0: none)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk"):
@@ -190,17 +234,20 @@ def main() -> None:
         results: dict[str, list[dict]] = {t.name: [] for t in targets}
         for r in range(args.repeat):
             for t in targets if r % 2 == 0 else targets[::-1]:
-                m = measure(t, LUA[args.scenario], args.seconds, args.connections, f"{t.name}-{r}", args.idle)
+                m = measure(t, args.scenario, args.seconds, args.connections, f"{t.name}-{r}")
                 results[t.name].append(m)
+                side = (f"; other processes (the shared verifier): {m['other_per_request'] / 1000:.1f}k"
+                        if m["other_processes"] else "")
                 print(f"  {t.name} #{r + 1}: {m['per_request'] / 1000:.1f}k instructions/request "
-                      f"({m['per_request_raw'] / 1000:.1f}k before the idle {m['idle_per_second'] / 1000:.0f}k/s; "
-                      f"{m['requests']} requests, {m['errors']} errors)", flush=True)
+                      f"({m['requests']} requests, {m['errors']} errors{side})", flush=True)
         ref = statistics.median(m["per_request"] for m in results["this"])
         print(f"\n{args.scenario}, {args.connections} connections, {args.seconds} s per measurement")
-        print("| target | instructions / request (median) | vs this tree |\n|---|---|---|")
+        print("| target | worker instructions / request (median) | vs this tree | other processes / request |\n"
+              "|---|---|---|---|")
         for name, ms in results.items():
             med = statistics.median(m["per_request"] for m in ms)
-            print(f"| {name} | {med / 1000:.1f}k | {med / ref:.3f} |")
+            side = statistics.median(m["other_per_request"] for m in ms)
+            print(f"| {name} | {med / 1000:.1f}k | {med / ref:.3f} | {side / 1000:.1f}k |")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(results, indent=2))
     finally:

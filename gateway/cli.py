@@ -109,7 +109,60 @@ def prepare_metrics_dir() -> tuple[str, bool]:
     return path, False
 
 
+VERIFIER_SOCKET_ENV = "GATEWAY_VERIFIER_SOCKET"  # gateway.cache.verifier_client.SOCKET_ENV
+
+
+def _start_shared_verifier(settings: Settings, workers: int, socket_dir: str):
+    """The cache's MiniLM verifier in one process for every worker (loaded once, not once a worker);
+    the workers find it through the environment they inherit. None when the cache does not use it."""
+    from gateway.cache.verifier_client import Supervisor
+
+    cc = settings.cache_config
+    minilm = cc is not None and cc.enabled and cc.semantic and cc.embedder == "minilm"
+    if minilm:
+        from gateway.cache.embed import preload
+
+        preload()  # the static vectors' table and the vocabulary, inherited by the workers
+    if not (minilm and cc.shared_verifier):
+        os.environ.pop(VERIFIER_SOCKET_ENV, None)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        if minilm:
+            # Each worker runs MiniLM, and they fork from here: onnxruntime before usearch (gateway/cache/__init__.py).
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                pass
+        return None
+    sup = Supervisor(socket_dir, threads=max(1, min(workers, os.cpu_count() or 1)), window=cc.verify_window_tokens)
+    sup.start()
+    log.info("cache verifier: one shared process (pid %d) for %d worker(s)", sup.proc.pid, workers)
+    return sup
+
+
+def _preload_app() -> None:
+    """Import the app here, once: Granian forks its workers from this process, so they start with these
+    modules' pages shared (copy-on-write) instead of importing them each; frozen, so that no collection
+    in a worker writes to them. Each worker still builds its own app (create_app)."""
+    import gc
+
+    import gateway.http.asgi  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
 def serve(args: argparse.Namespace) -> None:
+    # Set before the settings import gateway.cache: this process never runs MiniLM, so it does not load
+    # onnxruntime, and neither do the workers it forks, unless the settings ask for a model in each worker.
+    socket_dir = tempfile.mkdtemp(prefix="gateway-verifier-")
+    os.environ[VERIFIER_SOCKET_ENV] = os.path.join(socket_dir, "verifier.sock")
+    try:
+        _serve(args, socket_dir)
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, socket_dir: str) -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -138,6 +191,8 @@ def serve(args: argparse.Namespace) -> None:
     else:
         log.info("providers configured: %s", ", ".join(settings.configured_providers) or "(model groups only)")
 
+    verifier = _start_shared_verifier(settings, workers, socket_dir)
+
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -149,6 +204,7 @@ def serve(args: argparse.Namespace) -> None:
         "gateway listening on http://%s:%d (%d worker%s, %d API key%s)",
         settings.host, settings.port, workers, "s" if workers > 1 else "", len(keys), "s" if len(keys) > 1 else "",
     )
+    _preload_app()
     server = Granian(
         "gateway.http.asgi:create_app",
         factory=True,
@@ -170,6 +226,8 @@ def serve(args: argparse.Namespace) -> None:
     try:
         server.serve()
     finally:
+        if verifier is not None:
+            verifier.stop()
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if sim is not None:

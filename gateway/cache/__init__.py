@@ -9,16 +9,30 @@
     replay_chunks(completion)               # a hit as chat.completion.chunk dicts, for SSE replay
 """
 
-try:
-    # onnxruntime must be loaded before usearch: the other order crashes the
-    # process (segfault in onnxruntime's module init; onnxruntime 1.32 with usearch 2.26).
-    import onnxruntime  # noqa: F401
-except ImportError:  # the minilm embedder then reports itself unavailable
-    pass
+import os
 
-from gateway.cache.cache import Cache, CacheResult
-from gateway.cache.config import CacheConfig
-from gateway.cache.controls import Controls, parse_controls
-from gateway.cache.replay import replay_chunks
+if not os.environ.get("GATEWAY_VERIFIER_SOCKET"):  # set where MiniLM runs in the shared verifier process
+    try:
+        # onnxruntime must be loaded before usearch: the other order crashes the
+        # process (segfault in onnxruntime's module init; onnxruntime 1.32 with usearch 2.26).
+        import onnxruntime  # noqa: F401
+    except ImportError:  # the minilm embedder then reports itself unavailable
+        pass
 
-__all__ = ["Cache", "CacheConfig", "CacheResult", "Controls", "parse_controls", "replay_chunks"]
+# Resolved on first use, so that the shared verifier process (gateway.cache.verifier), which needs
+# only the embedder, does not import the cache, usearch and the Redis client (memory).
+_EXPORTS = {"Cache": "cache", "CacheResult": "cache", "CacheConfig": "config", "Controls": "controls",
+            "parse_controls": "controls", "replay_chunks": "replay"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway.cache' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"gateway.cache.{module}"), name)
+    globals()[name] = value
+    return value

