@@ -73,8 +73,9 @@ async def _writer_rate(url: str, n: int = 50_000) -> float:
     writer = LedgerWriter(engine, max_buffer=n)
     writer.start()
     today = dt.date.today()
-    rows = [(f"bench-{i}", time.time(), today, "bench", "gpt-4o-mini", "openai", "openai:gpt-4o-mini", "rest", 200,
-             None, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, None, 1, None, None, False, False) for i in range(n)]
+    day, no = writer.day(today), writer.flags[False]  # the values the finish listener hands this writer
+    rows = [(f"bench-{i}", time.time(), day, "bench", "gpt-4o-mini", "openai", "openai:gpt-4o-mini", "rest", 200,
+             None, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, None, 1, None, None, no, no) for i in range(n)]
     t0 = time.perf_counter()
     for r in rows:
         writer.add(r)

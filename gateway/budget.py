@@ -58,6 +58,7 @@ log = logging.getLogger("gateway.budget")
 DEFAULT_MAX_TOKENS = 4096  # the completion a request without max_tokens may run to, for its reservation
 _TTL = {"day": 2 * 86_400, "month": 32 * 86_400}
 
+DB_CONNECTIONS = 4  # pool connections one worker's budget reservations use at once (PostgreSQL)
 HELD_GRACE = 60.0  # seconds past a request's deadline before its unsettled reservation counts as lost
 RECONCILE_TOLERANCE = 0.01  # of the budget: drift below this is the ledger's batching lag, left alone
 
@@ -162,6 +163,9 @@ class Budgets:
             self._reconcile = self._redis.register_script(_RECONCILE)
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        # A burst of budgeted requests must not each take a pool connection: two workers' 100 concurrent
+        # reservations ran PostgreSQL out of connections (max_connections 100) and fell back to counting alone.
+        self._db_slots = asyncio.Semaphore(DB_CONNECTIONS)
 
     # --- admission ---------------------------------------------------------------------
 
@@ -239,6 +243,10 @@ class Budgets:
         """Add ``amount`` to the slot's row if it stays within the budget: (admitted, the amount after or as it is)."""
         if self.engine.dialect.name == "sqlite":
             return await self.writer.run_sqlite(_reserve_sqlite, slot, amount, key.budget_usd, key.name, first_day.isoformat())
+        async with self._db_slots:
+            return await self._reserve_pg(slot, amount, key, first_day)
+
+    async def _reserve_pg(self, slot: str, amount: float, key, first_day: dt.date) -> tuple[bool, float]:
         t = budget_spend.c
         add = (sa.update(budget_spend).where(t.slot == slot, t.amount + amount <= key.budget_usd)
                .values(amount=t.amount + amount).returning(t.amount))

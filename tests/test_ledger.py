@@ -642,3 +642,43 @@ async def test_a_revocation_reaches_other_workers_through_redis(sim, db_url, red
         assert ex.status == 401
     finally:
         await r.close()
+
+
+async def test_budget_race_across_worker_processes_without_redis(sim, db_url):
+    """A real ``gateway serve`` with two worker processes, no Redis: 100 concurrent requests over 100
+    connections against a budget for 10. The workers share the amount through the database, so at most 10
+    are admitted between them (each worker counting alone would admit up to 10 apiece)."""
+    import aiohttp
+
+    from tests.harness import running_gateway, simulator_env
+
+    env = simulator_env(sim.base_url) | {"DATABASE_URL": db_url, "GATEWAY_CACHE": "off", "GATEWAY_KEY_REFRESH_SECONDS": "0.2"}
+    body = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "What is machine learning?"}]}
+    one = _one_request_max(body)
+    name = "procs-" + uuid.uuid4().hex[:8]
+    with running_gateway(env, workers=2) as gw:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as http:
+            async with http.post(gw.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                                 json={"name": name, "budget_usd": 10 * one, "budget_period": "day"}) as resp:
+                assert resp.status == 201
+                secret = (await resp.json())["key"]
+            await asyncio.sleep(1.0)  # the other worker's key refresh (0.2 s)
+            sim.configure("openai", latency_ms=1500)  # all 100 are admitted or refused before the first one settles
+
+            async def one_call():
+                async with http.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                                     json=body) as resp:
+                    return resp.status, resp.headers.get("x-request-id", ""), await resp.read()
+
+            results = await asyncio.gather(*(one_call() for _ in range(100)))
+        problems = [line for line in gw.log().splitlines() if "budget" in line and "unreachable" in line]
+    statuses = [s for s, _, _ in results]
+    assert not problems, problems[:3]
+    assert statuses.count(200) + statuses.count(429) == 100, statuses
+    workers = {rid[:20] for _, rid, _ in results}
+    spent = (await select(db_url, sa.select(sa.func.sum(usage.c.cost_usd).label("usd")).where(usage.c.key_name == name)))[0]["usd"]
+    print(f"budget race (2 worker processes, no Redis, {db_url.split(':')[0]}): {statuses.count(200)} admitted "
+          f"by {len(workers)} worker(s), spent ${spent:.6f} of ${10 * one:.6f}; one request's max ${one:.6f}")
+    assert len(workers) == 2  # both processes answered (request ids carry their process's prefix)
+    assert 1 <= statuses.count(200) <= 10, statuses
+    assert 0 < spent <= 10 * one + one

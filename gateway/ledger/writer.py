@@ -154,12 +154,15 @@ class LedgerWriter:
                 )
             return
         buf.append(row)
-        if len(buf) >= self.batch:
-            self._wake.set()
+        n = len(buf)
+        if n == 1 or n >= self.batch:
+            self._wake.set()  # the first row wakes an idle writer (which then lets a batch gather), a full batch a busy one
 
     def settle(self, slot: str, delta: float) -> None:
         """A budget reservation held in ``budget_spend`` settled to its cost: applied with the next batch."""
         self.settles[slot] = self.settles.get(slot, 0.0) + delta
+        if not self.buffer:
+            self._wake.set()
 
     # --- the writer task -----------------------------------------------------------------
 
@@ -168,19 +171,22 @@ class LedgerWriter:
 
     async def _run(self) -> None:
         backoff = 0.1
+        wake = self._wake
         while True:
-            # Coalesce: a batch per ``interval`` unless a full one is waiting (or flush/close asks), since each
-            # transaction has a fixed cost whatever its size.
-            if len(self.buffer) < self.batch and not self._closing:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
             if not self.buffer and not self.settles:
                 if self._closing:
                     return
+                wake.clear()
+                await wake.wait()  # idle: no timer ticking until a row comes
                 continue
+            # Coalesce: rows gather for ``interval`` unless a full batch is waiting (or flush/close asks), since
+            # each transaction has a fixed cost whatever its size.
+            if len(self.buffer) < self.batch and not self._closing:
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), self.interval)
+                except TimeoutError:
+                    pass
             rows = list(islice(self.buffer, self.batch))
             settles, self.settles = self.settles, {}
             try:
