@@ -105,6 +105,11 @@ class LedgerWriter:
             one = "(" + ", ".join("?" * ncols) + ")"
             head = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES "
             self._inserts = [(n, head + ", ".join([one] * n)) for n in _SQLITE_CHUNKS]
+            # sqlite3 binds None through its adapter lookup, which (no adapter found) asks the protocol type
+            # for ``__adapt__`` and formats the AttributeError it then clears: ~0.25 us per NULL, 4 in most
+            # rows. A registered adapter that returns None (a C call) binds the same NULL. Process-wide, and
+            # harmless to every other sqlite3 user: None still binds as NULL.
+            sqlite3.register_adapter(type(None), _NULL)
             self._path = engine.url.database
             self._busy_timeout = busy_timeout
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="ledger-sqlite")
@@ -325,3 +330,6 @@ class LedgerWriter:
 
 def _same(day: dt.date) -> dt.date:
     return day
+
+
+_NULL = {}.get  # None -> None, without a Python frame
