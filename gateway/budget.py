@@ -58,7 +58,7 @@ log = logging.getLogger("gateway.budget")
 DEFAULT_MAX_TOKENS = 4096  # the completion a request without max_tokens may run to, for its reservation
 _TTL = {"day": 2 * 86_400, "month": 32 * 86_400}
 
-DB_CONNECTIONS = 4  # pool connections one worker's budget reservations use at once (PostgreSQL)
+DB_CONNECTIONS = 4  # pool connections one worker's budget reservations and seeds use at once
 HELD_GRACE = 60.0  # seconds past a request's deadline before its unsettled reservation counts as lost
 RECONCILE_TOLERANCE = 0.01  # of the budget: drift below this is the ledger's batching lag, left alone
 
@@ -271,7 +271,9 @@ class Budgets:
         q = sa.select(sa.func.coalesce(sa.func.sum(usage_daily.c.cost_usd), 0.0)).where(
             usage_daily.c.key_name == name, usage_daily.c.day >= since
         )
-        async with self.engine.connect() as conn:
+        # Bounded like the reservations: 100 requests of a new period each seeding Redis's amount took 100
+        # connections ("too many clients") and fell back to counting in the worker.
+        async with self._db_slots, self.engine.connect() as conn:
             return float((await conn.execute(q)).scalar())
 
     def _refuse(self, key, spent: float, label: str) -> None:
