@@ -171,12 +171,7 @@ def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, 
 
 
 async def _read(receive, declared: int, limit: int) -> bytes:
-    try:  # _receive, inline for the first message: most bodies are that one
-        msg = await receive()
-    except BaseException as exc:
-        raise _receive_failed(exc) from None
-    if msg["type"] == "http.disconnect":
-        raise _unreadable()
+    msg = await _receive(receive)
     body = msg.get("body", b"")
     # Granian sends the whole body with more_body=True and then an empty message;
     # when Content-Length says we have it all, skip that extra hop through the loop.
@@ -228,11 +223,7 @@ def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surface, rou
     (each upstream read, each stream chunk) passes through every coroutine frame above it, so this one
     layer less is paid on each of them."""
     hdrs = scope_headers(scope) if hdrs is None else hdrs
-    rid = hdrs.get("x-request-id")
-    outcome = Outcome(
-        request_id(rid) if rid is not None else f"{_ID_PREFIX}{next(_ids):08x}", perf_counter(),
-        route=route, method=scope["method"],
-    )
+    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=route, method=scope["method"])
     surface = make_surface(send, outcome)
     relay: Relay = gateway.relay
     if scope["method"] != "POST":

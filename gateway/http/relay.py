@@ -166,8 +166,7 @@ class Relay:
                 if req.stream:
                     await self._stream(req, surface)
                 else:
-                    pipeline = self.pipeline
-                    completion = await pipeline.lookup(req) if pipeline.cache is not None else None
+                    completion = await self.pipeline.lookup(req)
                     if completion is None:
                         completion = await self.pipeline.complete(req)
                     watch.stop()
