@@ -10,18 +10,11 @@ import pytest
 
 from gateway.cache import Cache
 from gateway.cache.index import SMALL, Shard, VectorIndex
+from tests.test_cache import cache  # noqa: F401 - the fixture: a started in-memory cache
 from tests.test_cache_helpers import chat, completion, config, eventually
 
 FILLER = "Tell me fact number {i} about the benchmark run abcdef"
 ORIGINAL, REWORDING = "What is the population of Japan?", "How many people live in Japan?"
-
-
-@pytest.fixture
-async def cache():
-    c = Cache(config(), None)
-    await c.start()
-    yield c
-    await c.close()
 
 
 async def _miss_and_store(c: Cache, text: str, answer: str) -> None:
