@@ -26,7 +26,7 @@ import orjson
 
 from gateway.cache.config import CacheConfig
 from gateway.cache.controls import Controls, parse_controls, ttl_error, valid_namespace
-from gateway.cache.entries import Entries, Entry
+from gateway.cache.entries import INDEX_STATIC, Entries, Entry
 from gateway.cache.keys import RequestView, view
 from gateway.cache.mirror import Mirror
 from gateway.cache.semantic import Semantic
@@ -67,6 +67,8 @@ class _Job:
 
 
 class Cache:
+    CLOSE_WAIT_SECONDS = 2.0  # close(): how long queued stores may take to reach the index (and Redis)
+
     def __init__(self, config: CacheConfig, redis_url: str | None) -> None:
         self.config = config
         self.redis_url = redis_url
@@ -81,6 +83,7 @@ class Cache:
         self._started = False
         self.hits = self.semantic_hits = self.misses = self.bypasses = 0
         self.stores = self.store_skipped = self.store_dropped = 0
+        self.store_dropped_at_close = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,11 +114,18 @@ class Cache:
         if self.mirror is not None:
             self.mirror.closing = True
         if self._queue is not None:
-            # Let queued stores reach the index and Redis (bounded wait).
+            # Let queued stores reach the index and Redis (bounded wait); those it cannot wait for are
+            # dropped, and counted (store_dropped, store_dropped_at_close).
             try:
-                await asyncio.wait_for(self._queue.join(), 2.0)
+                await asyncio.wait_for(self._queue.join(), self.CLOSE_WAIT_SECONDS)
             except (asyncio.TimeoutError, ValueError):
                 pass
+            left = self._queue.qsize()
+            if left:
+                self.store_dropped += left
+                self.store_dropped_at_close += left
+                log.warning("cache: %d queued stores dropped at shutdown (the writer did not reach them in %g s)",
+                            left, self.CLOSE_WAIT_SECONDS)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -236,7 +246,12 @@ class Cache:
             while len(batch) < 128 and not q.empty():
                 batch.append(q.get_nowait())
             try:
-                made = [self._entry(j, time.time()) for j in batch]
+                now, later = time.time(), []
+                made = [self._entry(j, now, later) for j in batch]
+                # The batch's vectors in one usearch add per scope, before the next await: a lookup
+                # never sees an entry findable by its content key and not yet by its vector.
+                self.entries.index_many(later)
+                self._embed_later(later)
                 if self.mirror is not None:
                     await self.mirror.send(made)
             except Exception:  # noqa: BLE001
@@ -245,7 +260,7 @@ class Cache:
                 for _ in batch:
                     q.task_done()
 
-    def _entry(self, j: _Job, now: float) -> tuple[Entry, np.ndarray | None]:
+    def _entry(self, j: _Job, now: float, later: list) -> tuple[Entry, np.ndarray | None]:
         st, v = j.state, j.state.view
         text = (v.query if self.semantic.on and v.scope is not None
                 and len(v.query) <= self.config.max_semantic_chars else None)
@@ -258,14 +273,16 @@ class Cache:
                 log.warning("cache: analysing a stored prompt failed: %s", exc)
                 e.scope = e.text = e.analysis = e.ckey = None
                 hv = sv = None
-        self.entries.insert(e, hv, sv)
-        if sv is not None:
-            if self._shared is not None:
-                self._shared.embed_later(e)
-            else:
-                self.semantic.embed_later(e)
+        self.entries.insert(e, hv, sv, later)
         self.stores += 1
         return e, hv
+
+    def _embed_later(self, later: list) -> None:
+        """The short prompts just indexed: to the verifier, to be embedded when it is idle."""
+        embed = self._shared.embed_later if self._shared is not None else self.semantic.embed_later
+        for flag, e, _vec in later:
+            if flag == INDEX_STATIC and e.indexed & INDEX_STATIC:
+                embed(e)
 
     def _live(self, e: Entry) -> bool:
         return self.entries.labels.get(e.label) is e
@@ -295,6 +312,7 @@ class Cache:
             "stores": self.stores,
             "store_skipped": self.store_skipped,
             "store_dropped": self.store_dropped,
+            "store_dropped_at_close": self.store_dropped_at_close,
             "evictions": ent.evictions,
             "expirations": ent.expirations,
             "flushed": ent.flushed,
@@ -314,7 +332,9 @@ class Cache:
             "index": {"scopes": len(ent.scope_entries), "content_keys": len(ent.by_ckey),
                       "vector_scopes": len(index.shards), "hnsw_scopes": index.hnsw_shards(),
                       "vectors": len(index), "rebuilds": index.rebuilds,
-                      "static_vectors": len(ent.sindex), "static_hnsw_scopes": ent.sindex.hnsw_shards()},
+                      "static_vectors": len(ent.sindex), "static_hnsw_scopes": ent.sindex.hnsw_shards(),
+                      "hnsw_searches": self.semantic.searches.searches,
+                      "hnsw_search_calls": self.semantic.searches.calls},
             "redis": self.mirror.stats() if self.mirror is not None else {
                 "configured": False, "up": False, "errors": 0, "last_error": None, "backlog": 0,
                 "mirrored_in": 0, "mirrored_out": 0, "loaded": 0},

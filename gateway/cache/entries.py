@@ -92,7 +92,10 @@ class Entries:
                 out.append(e)
         return out
 
-    def insert(self, e: Entry, hv: np.ndarray | None, sv: np.ndarray | None = None) -> None:
+    def insert(self, e: Entry, hv: np.ndarray | None, sv: np.ndarray | None = None,
+               later: list | None = None) -> None:
+        """Insert an entry (replacing one with its key). ``later``: its vectors are appended there as
+        (flag, entry, vector) instead of going in their index now; ``index_many`` adds them."""
         old = self.by_key.get(e.key)
         if old is not None:
             self.drop(old)
@@ -105,11 +108,17 @@ class Entries:
             labels = self.by_ckey.get(e.ckey)
             self.by_ckey[e.ckey] = (e.label,) if labels is None else labels[1 - KEY_CANDIDATES:] + (e.label,)
             self.scope_entries[e.scope] = self.scope_entries.get(e.scope, 0) + 1
-            if hv is not None:
-                self.index.add(e.scope, e.label, hv)
-                e.indexed |= INDEX_HASHED
-            if sv is not None:
-                self.add_static(e, sv)
+            if later is not None:
+                if hv is not None:
+                    later.append((INDEX_HASHED, e, hv))
+                if sv is not None:
+                    later.append((INDEX_STATIC, e, sv))
+            else:
+                if hv is not None:
+                    self.index.add(e.scope, e.label, hv)
+                    e.indexed |= INDEX_HASHED
+                if sv is not None:
+                    self.add_static(e, sv)
         heapq.heappush(self._expiry, (e.expires, e.label, e.key))
         while len(self.by_key) > self.max_entries:
             _, victim = self.by_key.popitem(last=False)
@@ -147,6 +156,28 @@ class Entries:
         if self.labels.get(e.label) is e and e.scope is not None:
             self.sindex.add(e.scope, e.label, sv)
             e.indexed |= INDEX_STATIC
+
+    def index_many(self, later: list) -> int:
+        """Add the vectors ``insert`` left in ``later``: one call per scope and index (usearch adds a
+        batch a third cheaper a vector). Entries dropped meanwhile (replaced, evicted) are skipped.
+        Returns how many vectors went in."""
+        groups: dict[tuple[int, str], tuple[list[int], list[np.ndarray], list[Entry]]] = {}
+        for flag, e, vec in later:
+            if self.labels.get(e.label) is not e or e.scope is None:
+                continue
+            g = groups.get((flag, e.scope))
+            if g is None:
+                g = groups[(flag, e.scope)] = ([], [], [])
+            g[0].append(e.label)
+            g[1].append(vec)
+            g[2].append(e)
+        n = 0
+        for (flag, scope), (labels, vecs, es) in groups.items():
+            (self.index if flag == INDEX_HASHED else self.sindex).add_many(scope, labels, vecs)
+            for e in es:
+                e.indexed |= flag
+            n += len(labels)
+        return n
 
     def sweep(self, now: float) -> int:
         """Drop the entries expired by ``now``."""

@@ -76,6 +76,28 @@ class Shard:
         self.labels.append(label)
         self.pos[label] = n
 
+    def add_many(self, labels: list[int], vecs: list[np.ndarray]) -> None:
+        """Several vectors at once: one usearch call for an HNSW shard (a third cheaper a vector than
+        one call each: 39 against 55 µs at 24,000 static vectors, 32 a call)."""
+        i = 0
+        while self.index is None and i < len(labels):  # small mode (may promote on the way)
+            self.add(labels[i], vecs[i])
+            i += 1
+        if i == len(labels):
+            return
+        labels, vecs = labels[i:], vecs[i:]
+        if len(labels) == 1:
+            self.add(labels[0], vecs[0])
+            return
+        for label in labels:
+            if label in self.pos:
+                self.remove(label)
+        self.index.add(np.asarray(labels, dtype=np.uint64), np.vstack(vecs), threads=1)
+        for label, vec in zip(labels, vecs):
+            self.pos[label] = -1
+            if self.pending is not None:
+                self.pending.append((1, label, vec))
+
     def _promote(self) -> None:
         index = _new_index(self.dim)
         n = len(self.labels)
@@ -121,6 +143,17 @@ class Shard:
             top = np.arange(n)
         return [(self.labels[i], float(sims[i])) for i in top]
 
+    def search_many(self, vecs: list[np.ndarray], k: int) -> list[list[tuple[int, float]]]:
+        """One search per vector, as ``search``; an HNSW shard answers them all in one usearch call."""
+        if self.index is None or len(vecs) == 1:
+            return [self.search(v, k) for v in vecs]
+        if not self.pos:
+            return [[] for _ in vecs]
+        m = self.index.search(np.vstack(vecs), k, threads=1)
+        keys, dists, counts = m.keys, m.distances, m.counts
+        return [[(int(key), 1.0 - float(d)) for key, d in zip(keys[i, :counts[i]], dists[i, :counts[i]])]
+                for i in range(len(vecs))]
+
     def needs_rebuild(self) -> bool:
         return self.index is not None and not self.rebuilding and self.removed >= max(1024, len(self.pos))
 
@@ -141,6 +174,12 @@ class VectorIndex:
         if shard is None:
             shard = self.shards[scope] = Shard(self.dim)
         shard.add(label, vec)
+
+    def add_many(self, scope: str, labels: list[int], vecs: list[np.ndarray]) -> None:
+        shard = self.shards.get(scope)
+        if shard is None:
+            shard = self.shards[scope] = Shard(self.dim)
+        shard.add_many(labels, vecs)
 
     def remove(self, scope: str, label: int) -> None:
         shard = self.shards.get(scope)
@@ -185,6 +224,58 @@ class VectorIndex:
             if not shard.pos:
                 self.shards.pop(scope, None)
         return done
+
+
+class TickSearches:
+    """The HNSW searches asked during one turn of the event loop, answered together: one usearch call
+    per shard (16 static-vector queries a call: 24 µs a query against 42 alone, 24,000 entries).
+
+    ``search`` returns a future; the first one of a turn schedules the flush with ``call_soon``, so it
+    runs on the next turn, after every callback that was ready in this one (the lookups of the
+    requests that arrived together). A small shard (a numpy matrix) is not worth the future: its
+    search is made at once (``None`` from ``search``: call the index's own).
+    """
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[VectorIndex, str, np.ndarray, int, asyncio.Future]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.searches = 0  # HNSW searches answered
+        self.calls = 0  # usearch calls that answered them
+
+    def search(self, index: VectorIndex, scope: str, vec: np.ndarray, k: int) -> asyncio.Future | None:
+        shard = index.shards.get(scope)
+        if shard is None or shard.index is None:
+            return None
+        queue = self._queue
+        if not queue:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._flush)
+        fut = self._loop.create_future()
+        queue.append((index, scope, vec, k, fut))
+        return fut
+
+    def _flush(self) -> None:
+        queue, self._queue = self._queue, []
+        groups: dict[tuple[int, str, int], list] = {}
+        for item in queue:
+            groups.setdefault((id(item[0]), item[1], item[3]), []).append(item)
+        for items in groups.values():
+            index, scope, _vec, k, _fut = items[0]
+            try:
+                shard = index.shards.get(scope)
+                found = shard.search_many([it[2] for it in items], k) if shard is not None else [[]] * len(items)
+                self.calls += 1
+                self.searches += len(items)
+            except Exception as exc:  # noqa: BLE001 - each lookup turns it into a miss
+                for it in items:
+                    if not it[4].done():
+                        it[4].set_exception(exc)
+                continue
+            for it, res in zip(items, found):
+                if not it[4].done():  # a lookup cancelled meanwhile (its client left)
+                    it[4].set_result(res)
 
 
 def _build(dim: int, labels: np.ndarray, vecs: np.ndarray) -> Index:

@@ -30,6 +30,7 @@ import numpy as np
 
 from gateway.cache.embed import HASH_DIM, HashEmbedder, StaticEmbedder, Verifier, make_verifier, similarity
 from gateway.cache.entries import INDEX_STATIC, Entries, Entry
+from gateway.cache.index import TickSearches
 from gateway.cache.keys import RequestView
 from gateway.cache.text import added_words, analyse, content_key, guard, is_long, is_short, veto
 
@@ -88,6 +89,7 @@ class Semantic:
         self.shed = 0
         self.errors = 0
         self.guard_rejects: Counter = Counter()
+        self.searches = TickSearches()  # the HNSW searches of concurrent lookups, one usearch call a turn
 
     async def warm(self) -> None:
         """Load the model on the executor, so the first lookup need not wait for it."""
@@ -124,7 +126,17 @@ class Semantic:
     async def find(self, st: LookupState, v: RequestView, now: float) -> tuple[Entry | None, float]:
         """The stored entry that means the same as the query, with its similarity; (None, 0) otherwise."""
         try:
-            cands = self._candidates(st, v, now)
+            cands, search = self._candidates(st, v, now)
+            if search is not None:
+                index, floor, vec = search
+                fut = self.searches.search(index, v.scope, vec, self.config.candidates)
+                # An HNSW shard: searched together with the other lookups of this turn of the loop.
+                found = index.search(v.scope, vec, self.config.candidates) if fut is None else await fut
+                now = time.time() if fut is not None else now
+                for label, sim in found:
+                    c = self.entries.labels.get(label)
+                    if c is not None and sim >= floor and c.expires > now and all(c is not x for x, _ in cands):
+                        cands.append((c, sim))
         except Exception as exc:  # noqa: BLE001 - a prompt the analysis chokes on is a miss, not an error
             self.errors += 1
             log.warning("cache: finding semantic candidates failed: %s", exc)
@@ -133,12 +145,15 @@ class Semantic:
             return None, 0.0
         return await self._match(st, v.query, cands)
 
-    def _candidates(self, st: LookupState, v: RequestView, now: float) -> list[Candidate]:
+    def _candidates(self, st: LookupState, v: RequestView, now: float | None = None):
         """The prompts with the query's content words: one dict lookup (the content key). Short
         prompts (minilm): also the nearest static MiniLM vectors of the scope, which find rewordings
         with other words ("population" / "how many people"). Long prompts may differ in a few
-        words: also the nearest hashed vectors.
+        words: also the nearest hashed vectors. Returns (the content key's candidates, the index
+        search still to make: (index, cosine floor, the query's vector), or None).
         """
+        if now is None:
+            now = time.time()
         qa = st.analysis
         if qa is None:
             qa = st.analysis = analyse(v.query)
@@ -149,20 +164,16 @@ class Semantic:
             if v.scope in index.shards:
                 st.hvec = vec = self.hasher.vector(v.query)
             else:
-                return cands
+                return cands, None
         elif self.static is not None and is_short(qa):
             index, floor = self.entries.sindex, self.config.static_candidate_threshold
             if v.scope in index.shards:
                 st.svec = vec = self.static.vector(v.query)
             else:
-                return cands
+                return cands, None
         else:
-            return cands
-        for label, sim in index.search(v.scope, vec, self.config.candidates):
-            c = self.entries.labels.get(label)
-            if c is not None and sim >= floor and c.expires > now and all(c is not x for x, _ in cands):
-                cands.append((c, sim))
-        return cands
+            return cands, None
+        return cands, (index, floor, vec)
 
     async def _match(self, st: LookupState, query: str, cands: list[Candidate]) -> tuple[Entry | None, float]:
         """Guard, then verifier: the best candidate that means the same as ``query``, or None."""
