@@ -32,7 +32,7 @@ from gateway.cache import Cache, CacheConfig  # noqa: E402
 from gateway.request import ChatRequest  # noqa: E402
 
 from cache_prompts import generate, unique_prompts  # noqa: E402
-from tests.test_cache_helpers import FRESH_PAIRS, PAIRS, labelled_pairs  # noqa: E402
+from tests.test_cache_helpers import FRESH2_PAIRS, FRESH_PAIRS, PAIRS, labelled_pairs  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 
@@ -95,7 +95,7 @@ async def bench_pairs(args) -> None:
         files = ["cache_pairs.jsonl", "cache_pairs_holdout.jsonl"]
         sets = {f: [json.loads(x) for x in (DATA / f).read_text().splitlines() if x.strip()] for f in files}
     else:
-        files = {"old": PAIRS, "fresh": FRESH_PAIRS}
+        files = {"old": PAIRS, "fresh": FRESH_PAIRS, "fresh2": FRESH2_PAIRS}
         sets = {f"{d}:{s}": labelled_pairs(s, files[d]) for d in args.data for s in args.splits}
     print(f"labelled pairs, embedder={args.embedder} (the whole semantic tier: candidates, vetoes, verifier)")
     print(f"{'threshold':>9} | " + " | ".join(f"{f:<40}" for f in sets))
@@ -391,9 +391,10 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=50_000)
     ap.add_argument("--splits", nargs="*", default=["heldout"], choices=["tune", "heldout", "all"],
                     help="pairs: which split of each labelled set (tune on tune, report heldout)")
-    ap.add_argument("--data", nargs="*", default=["fresh"], choices=["fresh", "old"],
-                    help="pairs: tests/data/paraphrase_pairs_fresh.jsonl (written last, heldout untouched) "
-                         "and/or paraphrase_pairs.jsonl (old: its heldout split was reported on before)")
+    ap.add_argument("--data", nargs="*", default=["fresh2"], choices=["fresh2", "fresh", "old"],
+                    help="pairs: tests/data/paraphrase_pairs_fresh2.jsonl (written last, heldout untouched until "
+                         "the third pass reports), paraphrase_pairs_fresh.jsonl (its heldout half was reported "
+                         "on in the second pass) and/or paraphrase_pairs.jsonl (old: heldout reported on before)")
     ap.add_argument("--guard-only", action="store_true",
                     help="pairs: the lexical guard for every prompt, no static candidates (the design before issue 15)")
     ap.add_argument("--cold", action="store_true", help="pairs: do not let the verifier embed stored prompts before the lookups")

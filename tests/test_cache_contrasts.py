@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.cache import Cache
+from gateway.cache.text import analyse, veto
 from tests.test_cache_helpers import chat, completion, config
 
 # Issue 15's table (every one a miss when it was filed) and the one that hit.
@@ -32,6 +33,9 @@ REWORDINGS = ISSUE_EXAMPLES + [
     ("Whats the diffrence between a lake and a pond?", "What's the difference between a lake and a pond?"),
     ("How do I stop my cat from scratching furniture?", "How can I stop my cat from scratching the furniture?"),
     ("Write a Python function that counts vowels in a string.", "Give me Python code to count the vowels in a string."),
+    # A filler adverb between the question word and its verb keeps the question's kind (issue 15, third pass).
+    ("When did the Meiji era begin?", "When exactly did the Meiji era begin?"),
+    ("Where did jazz originate?", "Where exactly did jazz originate?"),
 ]
 
 # One contrast each that MiniLM scores close (a sibling, an opposite, a symbol, a flag, a name, a number,
@@ -54,6 +58,10 @@ CONTRASTS = [
     ("Explain how a compiler works.", "Explain how an interpreter works."),
     ("How many days are in 3 weeks?", "How many days are in 4 weeks?"),
     ("Convert 3 nautical miles to kilometers.", "Convert 3 miles to kilometers."),
+    # The two ends of a quantity (issue 15, third pass): "much" and "many" are stopwords, MiniLM scores these 0.94+.
+    ("What happens if a cake has too much baking soda?", "What happens if a cake has too little baking soda?"),
+    ("Which bird lays the most eggs?", "Which bird lays the fewest eggs?"),
+    ("Why do I get so many notifications from Slack?", "Why do I get so few notifications from Slack?"),
 ]
 
 
@@ -88,3 +96,42 @@ async def test_rewordings_are_served(results, a, b):
 async def test_contrasts_are_refused(results, a, b):
     label, status, sim = results[(a, b)]
     assert status == "miss", (status, sim)
+
+
+# The veto's own rules, without the embedder: each case fails without its rule (checked against cd78753).
+QUANTITY = [
+    ("What happens if a cake has too much baking soda?", "What happens if a cake has too little baking soda?"),
+    ("Which bird lays the most eggs?", "Which bird lays the fewest eggs?"),
+    ("Why do I get so many notifications from Slack?", "Why do I get so few notifications from Slack?"),
+    ("Is it risky to sleep more than nine hours?", "Is it risky to sleep less than nine hours?"),
+]
+# One prompt has more of one end and the other has the same amount of it: not a contrast.
+NOT_QUANTITY = [
+    ("Tell me a little more about the Hanseatic League.", "Tell me more about the Hanseatic League."),
+    ("How many calories are in a little muffin?", "How many calories are in a small muffin?"),
+    ("How much does a passport cost in Canada?", "What is the price of a passport in Canada?"),
+]
+
+
+@pytest.mark.parametrize("a, b", QUANTITY)
+def test_the_two_ends_of_a_quantity_are_a_contrast(a, b):
+    assert veto(analyse(a), analyse(b)) == "quantity"
+    assert veto(analyse(b), analyse(a)) == "quantity"
+
+
+@pytest.mark.parametrize("a, b", NOT_QUANTITY)
+def test_a_quantity_word_on_one_side_only_is_no_contrast(a, b):
+    assert veto(analyse(a), analyse(b)) != "quantity"
+
+
+@pytest.mark.parametrize("a, b", [
+    ("When did the Meiji era begin?", "When exactly did the Meiji era begin?"),
+    ("Where did jazz originate?", "Where exactly did jazz originate?"),
+    ("When was the printing press invented?", "When actually was the printing press invented?"),
+])
+def test_a_filler_adverb_keeps_the_kind_of_question(a, b):
+    assert veto(analyse(a), analyse(b)) is None
+
+
+def test_a_filler_adverb_does_not_hide_another_kind_of_question():
+    assert veto(analyse("When did the Meiji era begin?"), analyse("Why exactly did the Meiji era begin?")) == "kind"

@@ -15,6 +15,8 @@ MODEL = "gpt-4o-mini"
 PAIRS = Path(__file__).parent / "data" / "paraphrase_pairs.jsonl"
 # Written after the veto was tuned on PAIRS, and sharing no prompt with it (issue 15, second pass).
 FRESH_PAIRS = Path(__file__).parent / "data" / "paraphrase_pairs_fresh.jsonl"
+# Third set (issue 15, third pass): written before that pass changed any code; same split rule.
+FRESH2_PAIRS = Path(__file__).parent / "data" / "paraphrase_pairs_fresh2.jsonl"
 
 
 def split_of(pair: dict) -> str:

@@ -271,7 +271,7 @@ class Analysis(NamedTuple):
     toks: tuple[str, ...]  # content and relation words in order ("~to")
     names: tuple[str, ...]  # capitalised words after the first (stems)
     kind: int  # K_* bits: who / when / where / why, an instruction to make something, "what is", "how do I"
-    parts: tuple[str, ...]  # the particles on/off, up/down, in/out, with repeats
+    parts: tuple[str, ...]  # the particles on/off, up/down, in/out, and "+q"/"-q" per quantity word, with repeats
     last: int  # toks[last:] is the last sentence
     # Literals only the veto compares (not in ``sig``, so content keys stay as they were):
     lits: tuple  # (symbol tokens, flags and snake_case names, a verb that turns the request around)
@@ -410,7 +410,8 @@ def analyse(text: str) -> tuple:
                               if m not in _NOT_NAMES and m not in LANGUAGES and m not in _NUMBER_WORD_SET
                               and m.upper() not in _ROMAN_VALUES}))
         kind = _kind(words)
-        parts = tuple(sorted(w for w in words if w in _PARTICLES))
+        parts = tuple(sorted([w for w in words if w in _PARTICLES] + ["+q" for w in words if w in _MORE_WORDS]
+                             + ["-q" for w in words if w in _LESS_WORDS]))
         lits = (_symbols(optext), tuple(sorted(m.lower() for m in _FLAGS_SNAKE.findall(text))),
                 2 if wset & _TURNED or ("from" in wset and _TURNED_FROM.search(low)) else int(bool(wset & _ENDING)))
         nums = _number_contexts(words)
@@ -585,6 +586,14 @@ _OPPOSITES = [
 # Particles that flip a phrasal verb: "turn on" / "turn off", "log in" / "log out".
 _PARTICLES = frozenset("on off up down in out".split())
 _PARTICLE_PAIRS = (("on", "off"), ("up", "down"), ("in", "out"))
+# The two ends of a quantity or degree ("too much salt" / "too little salt", "the most moons" / "the fewest
+# moons", "more than two eggs" / "fewer than two"): an embedder scores the pair 0.94-0.98, and "much" and
+# "many" are stopwords, so no content word differs. Kept in ``parts`` as one mark per word ("+q" / "-q"), and
+# like a particle it is a contrast only when one prompt has more of one end and the other more of the other
+# ("a little more detail" / "a bit more detail" is not).
+_MORE_WORDS = frozenset("much many more most lot lots plenty excess excessive".split())
+_LESS_WORDS = frozenset("little few fewer fewest less least lack insufficient".split())
+_QUANTITY = ("+q", "-q")
 _OPPOSITE_PAIRS = tuple(tuple(p.split()) for p in _OPPOSITES)  # word beginnings (stems)
 # The kind of request, from its words: an answer to "who" is not one to "why".
 K_WHO, K_WHEN, K_WHERE, K_WHY, K_MAKE, K_FACT, K_HOWTO, K_ASK = 1, 2, 4, 8, 16, 32, 64, 128
@@ -620,7 +629,14 @@ def _group(w: str) -> int | None:
     return g if g is not None else SYNONYM_OF.get(_stem_cached(w))
 
 
+# Adverbs that fill a question without changing it ("When exactly did ...", "What actually is ..."): left
+# out before the kind is read from the first words, so that "when exactly did" is still a question of time.
+_FILLERS = frozenset("exactly actually basically really just ever even".split())
+
+
 def _kind(words: list[str]) -> int:
+    if not _FILLERS.isdisjoint(words[:4]):
+        words = [w for w in words if w not in _FILLERS]
     k = 0
     head = words[:4]
     if "who" in head or "whom" in head or "whose" in head:
@@ -821,10 +837,10 @@ def veto(a: tuple, b: tuple) -> str | None:
             return "negation"  # "show up in Google" / "stop it from showing up in Google"
     pa, pb = a[7], b[7]
     if pa != pb:
-        for p, q in _PARTICLE_PAIRS:  # one has a "p" more, the other a "q" more
+        for p, q in _PARTICLE_PAIRS + (_QUANTITY,):  # one has a "p" more, the other a "q" more
             dp, dq = pa.count(p) - pb.count(p), pa.count(q) - pb.count(q)
             if dp * dq < 0:
-                return "opposite"
+                return "quantity" if p == "+q" else "opposite"
     ca, cb = set(a[1]), set(b[1])
     for x in ca - cb:
         for y in cb - ca:
