@@ -300,7 +300,7 @@ class Budgets:
         elif outcome.first_chunk_seconds is not None and not outcome.prompt_tokens and not outcome.completion_tokens:
             cost = r.amount  # a stream that relayed something yet has no usage, not even estimated: never $0
         else:
-            cost = self.prices.cost(d.model, outcome.prompt_tokens, outcome.completion_tokens)
+            cost = self.prices.cost(d.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
         delta = cost - r.amount
         if r.shared == DATABASE:
             self.writer.settle(r.slot, delta)

@@ -682,3 +682,46 @@ async def test_budget_race_across_worker_processes_without_redis(sim, db_url):
     assert len(workers) == 2  # both processes answered (request ids carry their process's prefix)
     assert 1 <= statuses.count(200) <= 10, statuses
     assert 0 < spent <= 10 * one + one
+
+
+# --- prices ----------------------------------------------------------------------------------
+
+
+async def test_cached_prompt_tokens_are_priced_at_the_cached_rate_in_the_ledger_and_the_budget(tmp_path):
+    """A provider's cached prompt tokens are billed at the catalogue's ``cached_input`` rate: the ledger row's
+    cost and the budget's settle use it, as the access log and metrics do, not the full input price."""
+    from gateway.budget import LOCAL, Budgets, Reservation
+    from gateway.config.validate import database_url
+    from gateway.ledger import LedgerWriter, Recorder
+    from gateway.pipeline.outcome import Outcome
+    from gateway.providers.base import Deployment
+
+    url = database_url("DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    upgrade(url)
+    engine = create_engine(url)
+    prices = Prices()
+    writer = LedgerWriter(engine, interval=0.01)
+    writer.start()
+    try:
+        d = Deployment("openai:gpt-4o", "openai", "gpt-4o", "https://api.openai.com/v1", "sk-openai")
+        o = Outcome("req-cached", time.perf_counter(), route="/v1/chat/completions", model="gpt-4o", status=200, deployment=d)
+        o.add_usage({"prompt_tokens": 10_000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 8_000}})
+        o.finished = time.perf_counter()
+        full, cached = prices.cost("gpt-4o", 10_000, 100), prices.cost("gpt-4o", 10_000, 100, 8_000)
+        assert cached < full  # gpt-4o's cached input is half its input price
+        Recorder(writer, prices).on_finish(None, o)
+        assert await writer.flush(5)
+        rows = await select(url, sa.select(usage.c.cost_usd, usage.c.cached_tokens).where(usage.c.request_id == "req-cached"))
+        assert [(r["cost_usd"], r["cached_tokens"]) for r in rows] == [(pytest.approx(cached, rel=1e-12), 8_000)]
+
+        budgets = Budgets(prices, engine)
+
+        class Req:
+            budget = Reservation("k:2026-12", 0.05, LOCAL)
+
+        budgets.local["k:2026-12"] = 0.05
+        budgets.on_finish(Req, o)
+        assert budgets.local["k:2026-12"] == pytest.approx(cached, rel=1e-12)
+    finally:
+        await writer.close()
+        await engine.dispose()
