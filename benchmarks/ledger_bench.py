@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The usage ledger's cost: non-streaming req/s with the ledger on (SQLite, PostgreSQL) vs off, in one run.
 
-    python benchmarks/ledger_bench.py [--rounds 20] [--duration 2] [--connections 50] [--pg-url URL] [--json out.json]
+    python benchmarks/ledger_bench.py [--rounds 20] [--duration 2] [--connections 50] [--pg-url URL] [--baseline ../old-checkout] [--json out.json]
 
 All on 127.0.0.1, bounded in time, reusing benchmarks/gateway_bench.py's processes and wrk runner:
 the simulator (instant upstream) and wrk pinned to the load core, three ``gateway serve`` (one
@@ -14,7 +14,7 @@ cost is resolved when that interval excludes 1.0), in req/s and in the worker's 
 request (utime + stime from /proc, less disturbed by other tenants); and the same over the quiet
 rounds only (no other process above ``--max-foreign`` % of the gateway core). Then it counts the ledger rows each database holds against the requests the gateway
 answered (rows lost: goal 0), and measures the writer alone: rows/s of ``LedgerWriter`` into each
-database (50,000 rows, batches of 1,000).
+database and its CPU time a row (50,000 rows, flushed every 400 as a worker at ~1,600 req/s writes them).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 class LedgerGateway(GatewayProcess):
-    def __init__(self, label: str, database_url: str, sim_base: str, cpu: int | None) -> None:
-        super().__init__("aiohttp", sim_base, cpu)
+    def __init__(self, label: str, database_url: str, sim_base: str, cpu: int | None, tree: Path | None = None) -> None:
+        super().__init__("aiohttp", sim_base, cpu, tree=tree)
         self.name = f"gateway ({label})"
         self.database_url = database_url
 
@@ -73,16 +73,19 @@ async def _writer_rate(url: str, n: int = 50_000) -> float:
     writer = LedgerWriter(engine, max_buffer=n)
     writer.start()
     today = dt.date.today()
-    rows = [(f"bench-{i}", time.time(), today, "bench", "gpt-4o-mini", "openai", "openai:gpt-4o-mini", "rest", 200,
-             None, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, None, 1, None, None, False, False) for i in range(n)]
-    t0 = time.perf_counter()
-    for r in rows:
-        writer.add(r)
-    assert await writer.flush(120)
+    day, no = writer.day(today), writer.flags[False]  # the values the finish listener hands this writer
+    rows = [(f"bench-{i}", time.time(), day, "bench", "gpt-4o-mini", "openai", "openai:gpt-4o-mini", "rest", 200,
+             None, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, None, 1, None, None, no, no) for i in range(n)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, n, 400):  # in batches of 400, as a worker at ~1,600 req/s writes them
+        for r in rows[i:i + 400]:
+            writer.add(r)
+        assert await writer.flush(120)
     rate = n / (time.perf_counter() - t0)
+    cpu_us = (time.process_time() - c0) / n * 1e6  # this process, all its threads (SQLite's writer thread too)
     await writer.close()
     await engine.dispose()
-    return rate
+    return rate, cpu_us
 
 
 async def _new_pg_database(admin_url: str) -> str:
@@ -113,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-cpu", type=int, default=0)
     ap.add_argument("--max-foreign", type=float, default=10.0,
                     help="%% of the gateway core other processes may use in a run of a quiet round")
+    ap.add_argument("--baseline", type=Path,
+                    help="another checkout (e.g. the commit before a change): its ledger on SQLite and PostgreSQL too, "
+                         "as sqlite-base and postgres-base, in the same interleaving")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -126,13 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     pg_url = database_url("DATABASE_URL", asyncio.run(_new_pg_database(args.pg_url)))
     for url in (sqlite_url, pg_url):
         upgrade(url)
+    dbs = [("off", "off", None), ("sqlite", sqlite_url, None), ("postgres", pg_url, None)]
+    if args.baseline:
+        base = args.baseline.resolve()
+        base_urls = (database_url("DATABASE_URL", f"sqlite:///{tmp}/ledger-base.db"),
+                     database_url("DATABASE_URL", asyncio.run(_new_pg_database(args.pg_url))))
+        for url in base_urls:  # the baseline's own migrations, by its own code
+            subprocess.run([sys.executable, "-c", f"from gateway.db import upgrade; upgrade({url!r})"], cwd=base, check=True)
+        dbs += [("sqlite-base", base_urls[0], base), ("postgres-base", base_urls[1], base)]
     sim = SimulatorProcess({"*": {"latency_ms": 0, "response_tokens": 30, "chunk_tokens": 1}}, cpu=args.load_cpu)
     gateways: dict[str, LedgerGateway] = {}
     try:
         sim.start()
         check_chat(sim.openai_base_url.removesuffix("/v1"), "simulator")
-        for label, url in (("off", "off"), ("sqlite", sqlite_url), ("postgres", pg_url)):
-            gateways[label] = LedgerGateway(label, url, sim.base_url, args.gateway_cpu).start()
+        for label, url, tree in dbs:
+            gateways[label] = LedgerGateway(label, url, sim.base_url, args.gateway_cpu, tree).start()
         targets = [(label, gw.url) for label, gw in gateways.items()]
         pids = [pid for g in gateways.values() for pid in (g.proc.pid, *g.worker_pids())]
 
@@ -153,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         for gw in gateways.values():
             gw.stop()  # SIGTERM: each worker writes what it buffered before it exits
         answered = {label: sum(r["requests"] for r in rs) for label, rs in runs.items()}
-        rows = {"sqlite": asyncio.run(_count(sqlite_url)), "postgres": asyncio.run(_count(pg_url))}
+        rows = {label: asyncio.run(_count(url)) for label, url, _ in dbs if label != "off"}
         writer = {"sqlite": asyncio.run(_writer_rate(sqlite_url)), "postgres": asyncio.run(_writer_rate(pg_url))}
     finally:
         for gw in gateways.values():
             gw.stop()
         sim.stop()
-        asyncio.run(_drop_pg_database(args.pg_url, pg_url.replace("+asyncpg", "")))
+        for label, url, _ in dbs:
+            if label.startswith("postgres"):
+                asyncio.run(_drop_pg_database(args.pg_url, url.replace("+asyncpg", "")))
 
     print(f"\nload average (1/5/15 min) at start {' / '.join(f'{x:.2f}' for x in load)}, at end "
           f"{' / '.join(f'{x:.2f}' for x in load_end)} ({os.cpu_count()} cores; gateways on core {args.gateway_cpu}, "
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
               f"{statistics.median(cpu):.0f} | {sum(r['errors'] for r in rs)} |")
     ratios = {}
-    for label in ("sqlite", "postgres"):
+    for label in [label for label, _, _ in dbs if label != "off"]:
         ratios[label] = {unit: ratio_spreads(runs[label], runs["off"], field, args.max_foreign)
                          for field, unit in (("rps", "rps"), ("cpu_us", "cpu"))}
         print()
@@ -181,10 +197,11 @@ def main(argv: list[str] | None = None) -> int:
             for which, s in ratios[label][unit].items():
                 print(f"{label} / off {what} ({which}): {fmt_spread(s)}")
     print()
-    for label in ("sqlite", "postgres"):
+    for label in rows:
         # wrk counts answers it read; rows cover those plus the warm-up second and the start-up check.
         print(f"{label}: {rows[label]:,} ledger rows for {answered[label]:,} answers wrk counted in the timed runs "
-              f"(+ warm-up and start-up check); writer alone {writer[label]:,.0f} rows/s")
+              f"(+ warm-up and start-up check)"
+              + (f"; writer alone {writer[label][0]:,.0f} rows/s, {writer[label][1]:.1f} us of CPU a row" if label in writer else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "rows": rows, "answered": answered, "writer": writer,
                                                "ratios": ratios, "load": load, "load_end": load_end}, indent=1))

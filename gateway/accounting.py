@@ -32,6 +32,7 @@ class Accounting:
         self.budgets = Budgets(
             settings.prices, self.engine, settings.redis_url, REDIS_PREFIX, keys=lambda: self.keys.by_hash.values(),
             reconcile_seconds=settings.budget_reconcile_seconds, healthy=self._ledger_current,
+            writer=None if settings.redis_url else self.writer,  # no Redis: the budget is shared through the database
         )
 
     def _ledger_current(self) -> bool:
@@ -73,5 +74,6 @@ class Accounting:
             "ledger": self.writer.stats(),
             "keys": {"cached": len(self.keys.by_hash), "refreshes": self.keys.refreshes, "refresh_errors": self.keys.errors},
             "budgets": {"refused": self.budgets.refused, "redis_errors": self.budgets.redis_errors,
+                        "database_errors": self.budgets.db_errors,
                         "reconciles": self.budgets.reconciles, "corrections": self.budgets.corrections},
         }

@@ -12,8 +12,17 @@ spend more than the budget, bar a request whose prompt was under-estimated.
 With REDIS_URL the amount lives in Redis, one key per (key name, period),
 checked and added in one Lua script, so every worker and instance shares it;
 it is seeded from the ledger's roll-ups when absent (a new period, a flushed
-Redis). Without Redis, or while Redis is unreachable, each worker keeps its
-own amount, seeded the same way.
+Redis). Without Redis it lives in the database's ``budget_spend`` row of the
+(key, period), seeded the same way, and is reserved with one conditional
+UPDATE (added only if the sum stays within the budget: atomic in SQLite and
+PostgreSQL alike), so the workers and instances of one database share it just
+as they share Redis: their admitted reservations never sum past the budget.
+Its settle is applied in the ledger writer's next batch, in the same
+transaction as the request's ledger row (``LedgerWriter.settle``): no write of
+its own, and the amount is always the ledger's spend plus the reservations in
+flight. Only while that shared store is unreachable does a worker count alone
+(``local``), from the amount it last saw there: then N workers can overshoot
+by at most N - 1 times what remained of the budget when it went away.
 
 Each shared reservation is also held in a Redis hash (request id → amount and
 the time by which its request must have ended) until it is settled, so the
@@ -41,7 +50,7 @@ from typing import Callable, Iterable
 
 import sqlalchemy as sa
 
-from gateway.db.schema import usage_daily
+from gateway.db.schema import budget_spend, usage_daily
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.budget")
@@ -49,6 +58,7 @@ log = logging.getLogger("gateway.budget")
 DEFAULT_MAX_TOKENS = 4096  # the completion a request without max_tokens may run to, for its reservation
 _TTL = {"day": 2 * 86_400, "month": 32 * 86_400}
 
+DB_CONNECTIONS = 4  # pool connections one worker's budget reservations and seeds use at once
 HELD_GRACE = 60.0  # seconds past a request's deadline before its unsettled reservation counts as lost
 RECONCILE_TOLERANCE = 0.01  # of the budget: drift below this is the ledger's batching lag, left alone
 
@@ -110,26 +120,32 @@ def period_of(period: str | None, now: dt.datetime | None = None) -> tuple[str, 
     return first.strftime("%Y-%m"), first
 
 
+REDIS, DATABASE, LOCAL = 1, 2, 0  # where a reservation is held
+
+
 class Reservation:
     __slots__ = ("slot", "amount", "shared", "request_id")
 
-    def __init__(self, slot: str, amount: float, shared: bool, request_id: str = "") -> None:
+    def __init__(self, slot: str, amount: float, shared: int, request_id: str = "") -> None:
         self.slot = slot
         self.amount = amount
-        self.shared = shared  # held in Redis (else in this worker's ``local``)
-        self.request_id = request_id  # its field in the slot's hash of held reservations
+        self.shared = shared  # REDIS, DATABASE or LOCAL (this worker's ``local``)
+        self.request_id = request_id  # its field in the slot's hash of held reservations (Redis)
 
 
 class Budgets:
     def __init__(self, prices, engine, redis_url: str | None = None, prefix: str = "gw:",
                  keys: Callable[[], Iterable] = tuple, reconcile_seconds: float = 0.0,
-                 healthy: Callable[[], bool] = lambda: True) -> None:
+                 healthy: Callable[[], bool] = lambda: True, writer=None) -> None:
         self.prices = prices
         self.engine = engine
         self.prefix = prefix + "budget:"
-        self.local: dict[str, float] = {}  # slot → spent + reserved, when not shared through Redis
+        self.local: dict[str, float] = {}  # slot → spent + reserved, while the shared store is unreachable
+        self.seen: dict[str, float] = {}  # slot → the amount the database last answered (where ``local`` starts)
+        self.writer = writer  # the ledger writer: settles reservations held in the database (None: not shared there)
         self.refused = 0
         self.redis_errors = 0
+        self.db_errors = 0
         self.keys = keys  # the keys that may have a budget (the virtual keys this worker serves)
         self.reconcile_seconds = reconcile_seconds  # 0: no periodic reconciliation
         self.healthy = healthy  # whether this worker's ledger writes succeed (else a pass would under-count)
@@ -147,6 +163,9 @@ class Budgets:
             self._reconcile = self._redis.register_script(_RECONCILE)
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        # A burst of budgeted requests must not each take a pool connection: two workers' 100 concurrent
+        # reservations ran PostgreSQL out of connections (max_connections 100) and fell back to counting alone.
+        self._db_slots = asyncio.Semaphore(DB_CONNECTIONS)
 
     # --- admission ---------------------------------------------------------------------
 
@@ -177,16 +196,36 @@ class Budgets:
             else:
                 if not admitted:
                     self._refuse(key, total, label)
-                req.budget = Reservation(slot, amount, True, req.request_id)
+                req.budget = Reservation(slot, amount, REDIS, req.request_id)
+                return
+        elif self.writer is not None:
+            try:
+                admitted, total = await self._reserve_db(slot, amount, key, first_day)
+            except Exception as exc:  # noqa: BLE001 - the database away: this worker's own count from what it last saw
+                self.db_errors += 1
+                if self.db_errors == 1 or self.db_errors % 1000 == 0:
+                    log.warning("budget: database unreachable (%s); counting in this worker", exc)
+                if slot not in self.local and slot in self.seen:
+                    self.local[slot] = self.seen[slot]
+            else:
+                self.seen[slot] = total
+                self.local.pop(slot, None)  # the shared amount is back: a later outage starts from it
+                if not admitted:
+                    self._refuse(key, total, label)
+                req.budget = Reservation(slot, amount, DATABASE)
                 return
         spent = self.local.get(slot)
         if spent is None:
-            loaded = await self._ledger_spent(key.name, first_day)
+            try:
+                loaded = await self._ledger_spent(key.name, first_day)
+            except Exception as exc:  # noqa: BLE001 - nothing to start from but what the shared store last said
+                loaded = self.seen.get(slot, 0.0)
+                log.warning("budget: %s counted from $%.6f: the ledger is unreachable too (%s)", slot, loaded, exc)
             spent = self.local.setdefault(slot, loaded)  # another request of this key may have loaded and reserved meanwhile
         if spent + amount > key.budget_usd:
             self._refuse(key, spent, label)
         self.local[slot] = spent + amount
-        req.budget = Reservation(slot, amount, False)
+        req.budget = Reservation(slot, amount, LOCAL)
 
     async def _reserve_shared(self, slot: str, amount: float, key, first_day: dt.date, req) -> tuple[bool, float]:
         rkey = self.prefix + slot
@@ -200,11 +239,41 @@ class Budgets:
             admitted, total = await self._script(keys=keys, args=args)
         return admitted == 1, float(total)
 
+    async def _reserve_db(self, slot: str, amount: float, key, first_day: dt.date) -> tuple[bool, float]:
+        """Add ``amount`` to the slot's row if it stays within the budget: (admitted, the amount after or as it is)."""
+        if self.engine.dialect.name == "sqlite":
+            return await self.writer.run_sqlite(_reserve_sqlite, slot, amount, key.budget_usd, key.name, first_day.isoformat())
+        async with self._db_slots:
+            return await self._reserve_pg(slot, amount, key, first_day)
+
+    async def _reserve_pg(self, slot: str, amount: float, key, first_day: dt.date) -> tuple[bool, float]:
+        t = budget_spend.c
+        add = (sa.update(budget_spend).where(t.slot == slot, t.amount + amount <= key.budget_usd)
+               .values(amount=t.amount + amount).returning(t.amount))
+        async with self.engine.begin() as conn:
+            total = (await conn.execute(add)).scalar()
+            if total is not None:
+                return True, float(total)
+            have = (await conn.execute(sa.select(t.amount).where(t.slot == slot))).scalar()
+            if have is not None:
+                return False, float(have)
+        # A new period (or a first budget): the row starts from the ledger's spend, once, whoever gets there first.
+        async with self.engine.begin() as conn:
+            spent = sa.select(sa.literal(slot), sa.func.coalesce(sa.func.sum(usage_daily.c.cost_usd), 0.0)).where(
+                usage_daily.c.key_name == key.name, usage_daily.c.day >= first_day)
+            await conn.execute(_insert(conn)(budget_spend).from_select(["slot", "amount"], spent).on_conflict_do_nothing())
+            total = (await conn.execute(add)).scalar()
+            if total is not None:
+                return True, float(total)
+            return False, float((await conn.execute(sa.select(t.amount).where(t.slot == slot))).scalar())
+
     async def _ledger_spent(self, name: str, since: dt.date) -> float:
         q = sa.select(sa.func.coalesce(sa.func.sum(usage_daily.c.cost_usd), 0.0)).where(
             usage_daily.c.key_name == name, usage_daily.c.day >= since
         )
-        async with self.engine.connect() as conn:
+        # Bounded like the reservations: 100 requests of a new period each seeding Redis's amount took 100
+        # connections ("too many clients") and fell back to counting in the worker.
+        async with self._db_slots, self.engine.connect() as conn:
             return float((await conn.execute(q)).scalar())
 
     def _refuse(self, key, spent: float, label: str) -> None:
@@ -231,9 +300,11 @@ class Budgets:
         elif outcome.first_chunk_seconds is not None and not outcome.prompt_tokens and not outcome.completion_tokens:
             cost = r.amount  # a stream that relayed something yet has no usage, not even estimated: never $0
         else:
-            cost = self.prices.cost(d.model, outcome.prompt_tokens, outcome.completion_tokens)
+            cost = self.prices.cost(d.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
         delta = cost - r.amount
-        if r.shared:
+        if r.shared == DATABASE:
+            self.writer.settle(r.slot, delta)
+        elif r.shared == REDIS:
             task = asyncio.get_running_loop().create_task(self._settle_shared(r.slot, delta, r.request_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -317,3 +388,39 @@ class Budgets:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._redis is not None:
             await self._redis.aclose()
+
+
+_SQLITE_ADD = "UPDATE budget_spend SET amount = amount + ? WHERE slot = ? AND amount + ? <= ? RETURNING amount"
+_SQLITE_SEED = (
+    "INSERT INTO budget_spend (slot, amount) SELECT ?, coalesce(sum(cost_usd), 0.0) FROM usage_daily "
+    "WHERE key_name = ? AND day >= ? ON CONFLICT (slot) DO NOTHING"
+)
+
+
+def _reserve_sqlite(conn, slot: str, amount: float, budget: float, name: str, first_day: str) -> tuple[bool, float]:
+    """``_reserve_db`` in the ledger writer's thread: one IMMEDIATE transaction (seeded when the row is new)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = next(iter(conn.execute(_SQLITE_ADD, (amount, slot, amount, budget)).fetchall()), None)
+        if row is None:
+            conn.execute(_SQLITE_SEED, (slot, name, first_day))
+            row = next(iter(conn.execute(_SQLITE_ADD, (amount, slot, amount, budget)).fetchall()), None)
+        if row is not None:
+            conn.execute("COMMIT")
+            return True, row[0]
+        have = conn.execute("SELECT amount FROM budget_spend WHERE slot = ?", (slot,)).fetchone()[0]
+        conn.execute("COMMIT")
+        return False, have
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _insert(conn):
+    """The dialect's INSERT (with ON CONFLICT DO NOTHING) for this connection."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert

@@ -363,12 +363,17 @@ def _one_request_max(body: dict, model: str = "gpt-4o-mini") -> float:
     return Prices().cost(model, prompt_estimate(body), body["max_tokens"])
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-async def test_budget_race(sim, db_url, redis_url, workers):
-    """100 concurrent requests against a budget for 10: at most 10 admitted, spend within the budget."""
+@pytest.mark.parametrize("workers, shared", [(1, "database"), (2, "redis"), (3, "database")])
+async def test_budget_race(sim, db_url, redis_url, workers, shared):
+    """100 concurrent requests against a budget for 10: at most 10 admitted, spend within the budget; with
+    Redis the workers share the amount there, without it in the database (each worker its own pool and, on
+    SQLite, its own connection, as separate processes have)."""
     import uuid
 
-    r = Running(sim, db_url, REDIS_URL=redis_url) if workers > 1 else Running(sim, db_url)
+    from gateway.budget import period_of
+    from gateway.db.schema import budget_spend
+
+    r = Running(sim, db_url, REDIS_URL=redis_url) if shared == "redis" else Running(sim, db_url)
     try:
         apps = [await r.add() for _ in range(workers)]
         name = "race-" + uuid.uuid4().hex[:8]
@@ -392,6 +397,31 @@ async def test_budget_race(sim, db_url, redis_url, workers):
         print(f"budget race ({workers} worker(s), {db_url.split(':')[0]}): {statuses.count(200)} admitted, "
               f"spent ${spent[0]['usd']:.6f} of ${10 * one:.6f} ({spent[0]['usd'] / (10 * one):.1%}); one request's max ${one:.6f}")
         assert 0 < spent[0]["usd"] <= 10 * one + one
+        if shared == "database":
+            assert all(app.accounting.budgets.db_errors == 0 and not app.accounting.budgets.local for app in apps)
+            # Settled in the ledger's own transactions: the shared amount is the ledger's spend, nothing held.
+            held = await select(db_url, sa.select(budget_spend.c.amount).where(budget_spend.c.slot == f"{name}:{period_of('day')[0]}"))
+            assert held[0]["amount"] == pytest.approx(spent[0]["usd"], rel=1e-9)
+    finally:
+        await r.close()
+
+
+async def test_a_database_budget_is_read_by_a_worker_started_later(sim, db_url):
+    """Without Redis: a worker started later reads the spend the others left in ``budget_spend`` (not its own
+    zero)."""
+    r = Running(sim, db_url)
+    try:
+        a = await r.add()
+        body = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "What is machine learning?"}]}
+        one = _one_request_max(body)
+        ex = await call(a, orjson.dumps({"name": "resume-" + uuid.uuid4().hex[:8], "budget_usd": 4.5 * one,
+                                         "budget_period": "month"}), key=ADMIN_KEY, path="/admin/keys")
+        secret = orjson.loads(ex.text)["key"]
+        assert [(await call(a, orjson.dumps(body), key=secret)).status for _ in range(2)] == [200, 200]
+        assert await a.accounting.writer.flush(5)
+        b = await r.add()  # a new worker: 2 of 4.5 spent (each settled below its reservation), 2 more fit
+        statuses = [(await call(b, orjson.dumps(body), key=secret)).status for _ in range(4)]
+        assert statuses[:2] == [200, 200] and 429 in statuses[2:], statuses
     finally:
         await r.close()
 
@@ -512,8 +542,11 @@ async def test_postgres_stopped_and_restarted_mid_run(sim):
         r = Running(sim, url)
         try:
             gw = await r.add()
-            ex = await call(gw, orjson.dumps({"name": "during-outage"}), key=ADMIN_KEY, path="/admin/keys")
+            # A budget (no Redis: held in the database) that the outage must neither break nor reset.
+            ex = await call(gw, orjson.dumps({"name": "during-outage", "budget_usd": 10, "budget_period": "day"}),
+                            key=ADMIN_KEY, path="/admin/keys")
             secret = orjson.loads(ex.text)["key"]
+            budgets = gw.accounting.budgets
             ids = []
 
             async def burst(n: int) -> None:
@@ -523,13 +556,17 @@ async def test_postgres_stopped_and_restarted_mid_run(sim):
 
             await burst(50)
             assert await gw.accounting.writer.flush(5)
+            (slot, seen), = budgets.seen.items()
+            assert seen > 0 and budgets.db_errors == 0
             pg.stop()
-            await burst(100)  # keys from the worker's cache, rows into the buffer
+            await burst(100)  # keys from the worker's cache, rows into the buffer, the budget counted here
             await asyncio.sleep(0.5)
             assert gw.accounting.writer.stats()["buffered"] >= 100 and gw.accounting.writer.failures >= 1
+            assert budgets.db_errors == 50 and budgets.local[slot] > seen  # from what the database last said
             pg.start()
             await burst(50)
             assert await gw.accounting.writer.flush(15)
+            assert budgets.db_errors == 50 and slot not in budgets.local  # back on the shared row
             rows = await ledger(url)
             assert len(rows) == 200 and set(rows) == set(ids) and all(len(v) == 1 for v in rows.values())
             assert gw.accounting.writer.overflow == 0
@@ -605,3 +642,86 @@ async def test_a_revocation_reaches_other_workers_through_redis(sim, db_url, red
         assert ex.status == 401
     finally:
         await r.close()
+
+
+async def test_budget_race_across_worker_processes_without_redis(sim, db_url):
+    """A real ``gateway serve`` with two worker processes, no Redis: 100 concurrent requests over 100
+    connections against a budget for 10. The workers share the amount through the database, so at most 10
+    are admitted between them (each worker counting alone would admit up to 10 apiece)."""
+    import aiohttp
+
+    from tests.harness import running_gateway, simulator_env
+
+    env = simulator_env(sim.base_url) | {"DATABASE_URL": db_url, "GATEWAY_CACHE": "off", "GATEWAY_KEY_REFRESH_SECONDS": "0.2"}
+    body = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "What is machine learning?"}]}
+    one = _one_request_max(body)
+    name = "procs-" + uuid.uuid4().hex[:8]
+    with running_gateway(env, workers=2) as gw:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as http:
+            async with http.post(gw.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                                 json={"name": name, "budget_usd": 10 * one, "budget_period": "day"}) as resp:
+                assert resp.status == 201
+                secret = (await resp.json())["key"]
+            await asyncio.sleep(1.0)  # the other worker's key refresh (0.2 s)
+            sim.configure("openai", latency_ms=1500)  # all 100 are admitted or refused before the first one settles
+
+            async def one_call():
+                async with http.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                                     json=body) as resp:
+                    return resp.status, resp.headers.get("x-request-id", ""), await resp.read()
+
+            results = await asyncio.gather(*(one_call() for _ in range(100)))
+        problems = [line for line in gw.log().splitlines() if "budget" in line and "unreachable" in line]
+    statuses = [s for s, _, _ in results]
+    assert not problems, problems[:3]
+    assert statuses.count(200) + statuses.count(429) == 100, statuses
+    workers = {rid[:20] for _, rid, _ in results}
+    spent = (await select(db_url, sa.select(sa.func.sum(usage.c.cost_usd).label("usd")).where(usage.c.key_name == name)))[0]["usd"]
+    print(f"budget race (2 worker processes, no Redis, {db_url.split(':')[0]}): {statuses.count(200)} admitted "
+          f"by {len(workers)} worker(s), spent ${spent:.6f} of ${10 * one:.6f}; one request's max ${one:.6f}")
+    assert len(workers) == 2  # both processes answered (request ids carry their process's prefix)
+    assert 1 <= statuses.count(200) <= 10, statuses
+    assert 0 < spent <= 10 * one + one
+
+
+# --- prices ----------------------------------------------------------------------------------
+
+
+async def test_cached_prompt_tokens_are_priced_at_the_cached_rate_in_the_ledger_and_the_budget(tmp_path):
+    """A provider's cached prompt tokens are billed at the catalogue's ``cached_input`` rate: the ledger row's
+    cost and the budget's settle use it, as the access log and metrics do, not the full input price."""
+    from gateway.budget import LOCAL, Budgets, Reservation
+    from gateway.config.validate import database_url
+    from gateway.ledger import LedgerWriter, Recorder
+    from gateway.pipeline.outcome import Outcome
+    from gateway.providers.base import Deployment
+
+    url = database_url("DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    upgrade(url)
+    engine = create_engine(url)
+    prices = Prices()
+    writer = LedgerWriter(engine, interval=0.01)
+    writer.start()
+    try:
+        d = Deployment("openai:gpt-4o", "openai", "gpt-4o", "https://api.openai.com/v1", "sk-openai")
+        o = Outcome("req-cached", time.perf_counter(), route="/v1/chat/completions", model="gpt-4o", status=200, deployment=d)
+        o.add_usage({"prompt_tokens": 10_000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 8_000}})
+        o.finished = time.perf_counter()
+        full, cached = prices.cost("gpt-4o", 10_000, 100), prices.cost("gpt-4o", 10_000, 100, 8_000)
+        assert cached < full  # gpt-4o's cached input is half its input price
+        Recorder(writer, prices).on_finish(None, o)
+        assert await writer.flush(5)
+        rows = await select(url, sa.select(usage.c.cost_usd, usage.c.cached_tokens).where(usage.c.request_id == "req-cached"))
+        assert [(r["cost_usd"], r["cached_tokens"]) for r in rows] == [(pytest.approx(cached, rel=1e-12), 8_000)]
+
+        budgets = Budgets(prices, engine)
+
+        class Req:
+            budget = Reservation("k:2026-12", 0.05, LOCAL)
+
+        budgets.local["k:2026-12"] = 0.05
+        budgets.on_finish(Req, o)
+        assert budgets.local["k:2026-12"] == pytest.approx(cached, rel=1e-12)
+    finally:
+        await writer.close()
+        await engine.dispose()

@@ -39,7 +39,7 @@ usage = sa.Table(
     "usage",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("day", sa.Date, nullable=False),
     sa.Column("key_name", sa.String(200)),
@@ -63,7 +63,8 @@ usage = sa.Table(
     sa.Column("client_gone", sa.Boolean, nullable=False),
     # No usage arrived (a stream cut before it): the tokens and cost are the gateway's estimate (migration 0002).
     sa.Column("usage_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Index("ix_usage_day_key", "day", "key_name"),
+    # No secondary index (migration 0003): nothing reads rows by request or by day, and each one cost every
+    # insert a B-tree insertion. A lookup by request id is a scan, rare and off the request path.
 )
 
 # One row per (day, key, model), added to in the ledger's own transactions: reports read these, not the ledger.
@@ -80,4 +81,13 @@ usage_daily = sa.Table(
     sa.Column("completion_tokens", sa.BigInteger, nullable=False),
     sa.Column("cached_tokens", sa.BigInteger, nullable=False),
     sa.Column("cost_usd", sa.Float, nullable=False),
+)
+
+# A budget's spent + reserved amount for one period ("<key>:<period label>"), shared by the workers and
+# instances of a database without Redis: reserved with one conditional UPDATE, settled in the ledger's batch.
+budget_spend = sa.Table(
+    "budget_spend",
+    metadata,
+    sa.Column("slot", sa.String(220), primary_key=True),
+    sa.Column("amount", sa.Float, nullable=False),
 )
