@@ -145,15 +145,13 @@ class Semantic:
             return None, 0.0
         return await self._match(st, v.query, cands)
 
-    def _candidates(self, st: LookupState, v: RequestView, now: float | None = None):
+    def _candidates(self, st: LookupState, v: RequestView, now: float):
         """The prompts with the query's content words: one dict lookup (the content key). Short
         prompts (minilm): also the nearest static MiniLM vectors of the scope, which find rewordings
         with other words ("population" / "how many people"). Long prompts may differ in a few
         words: also the nearest hashed vectors. Returns (the content key's candidates, the index
         search still to make: (index, cosine floor, the query's vector), or None).
         """
-        if now is None:
-            now = time.time()
         qa = st.analysis
         if qa is None:
             qa = st.analysis = analyse(v.query)

@@ -50,12 +50,9 @@ class Recorder:
         # log and metrics price them). A cache hit cost nothing upstream; a cut stream costs what the provider
         # reported before the cut, or, when it reported nothing (OpenAI's usage comes last), the estimate
         # (``usage_estimated``).
-        if d is None:
-            provider = name = None
-            cost = 0.0 if outcome.from_cache else self.prices.cost(outcome.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
-        else:
-            provider, name = d.provider, d.name
-            cost = 0.0 if outcome.from_cache else self.prices.cost(d.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
+        provider, name, model = (None, None, outcome.model) if d is None else (d.provider, d.name, d.model)
+        cost = 0.0 if outcome.from_cache else self.prices.cost(
+            model, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
         latency = (outcome.finished - outcome.started) * 1000.0
         upstream = outcome.upstream_seconds * 1000.0
         first = outcome.first_chunk_seconds
