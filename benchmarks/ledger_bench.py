@@ -74,8 +74,9 @@ async def _writer_rate(url: str, n: int = 50_000) -> float:
     writer.start()
     today = dt.date.today()
     day, no = writer.day(today), writer.flags[False]  # the values the finish listener hands this writer
+    nil, no_ms = writer.nil
     rows = [(f"bench-{i}", time.time(), day, "bench", "gpt-4o-mini", "openai", "openai:gpt-4o-mini", "rest", 200,
-             None, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, None, 1, None, None, no, no) for i in range(n)]
+             nil, 12, 30, 0, 0.00002, 1.5, 1.0, 0.5, no_ms, 1, nil, nil, no, no) for i in range(n)]
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, n, 400):  # in batches of 400, as a worker at ~1,600 req/s writes them
         for r in rows[i:i + 400]:

@@ -261,6 +261,10 @@ async def test_one_row_per_request_on_every_path(sim, db_url):
         row = one[rest.headers["x-request-id"]]
         assert (row["surface"], row["status"], row["provider"]) == ("rest", 200, "openai")
         assert row["completion_tokens"] > 0 and row["cost_usd"] > 0 and row["latency_ms"] >= row["upstream_ms"] > 0
+        # What a request did not have is NULL, never the stand-ins the SQLite writer binds for it ('' and -1.0).
+        assert (row["cache"], row["first_chunk_ms"], row["error_type"], row["error_code"]) == (None, None, None, None)
+        refused = one[wrong_key.headers["x-request-id"]]
+        assert (refused["model"], refused["provider"], refused["deployment"]) == (None, None, None)
         row = one[sse.headers["x-request-id"]]
         assert row["surface"] == "sse" and row["completion_tokens"] > 0 and row["cost_usd"] > 0  # never $0 for a stream
         assert row["first_chunk_ms"] is not None

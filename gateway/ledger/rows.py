@@ -22,17 +22,31 @@ class Recorder:
     The row holds values in the writer's driver's own types (``writer.day``, ``writer.flags``): sqlite3
     binds a ``date`` or a ``bool`` through a Python-level adapter lookup per value, which was a third of
     the SQLite writer's work per row (callgrind), so for SQLite the day is an ISO string and flags are 0/1.
+    A ``None`` costs sqlite3 the same lookup (a tuple built, hashed and looked up per NULL, ~2,500
+    instructions a row for the 4-5 NULLs of a plain answer), so for SQLite a missing text is '' and a
+    missing first-chunk time -1.0, which the INSERT turns back into NULL (``writer.nil``).
     """
 
-    __slots__ = ("writer", "add", "prices", "flags", "_day", "_day_ends")
+    __slots__ = ("writer", "add", "prices", "flags", "nil", "no_ms", "_rates", "_day", "_day_ends")
 
     def __init__(self, writer, prices) -> None:
         self.writer = writer
         self.add = writer.add
         self.prices = prices
         self.flags = writer.flags  # (false, true) as the driver binds them: indexed by the outcome's bool
+        self.nil, self.no_ms = writer.nil  # a NULL text / float column as handed to the writer (it stores NULL)
+        # model → (input, cached input, output) USD per 1M tokens: ``Prices.cost`` inline, without its three
+        # calls a row (a third of this listener's time). Bounded like ``Prices``' own memo.
+        self._rates: dict[str | None, tuple[float, float, float]] = {}
         self._day = None
         self._day_ends = 0.0
+
+    def _rate(self, model: str | None) -> tuple[float, float, float]:
+        p = self.prices.price(model)
+        rate = (p.input, p.input if p.cached_input is None else p.cached_input, p.output)
+        if len(self._rates) < 4096:
+            self._rates[model] = rate
+        return rate
 
     def _today(self, now: float):
         if now >= self._day_ends:  # one day value per UTC day, not one per request
@@ -51,16 +65,25 @@ class Recorder:
         # reported before the cut, or, when it reported nothing (OpenAI's usage comes last), the estimate
         # (``usage_estimated``).
         provider, name, model = (None, None, outcome.model) if d is None else (d.provider, d.name, d.model)
-        cost = 0.0 if outcome.from_cache else self.prices.cost(
-            model, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
+        prompt, cached = outcome.prompt_tokens, outcome.cached_tokens
+        if outcome.from_cache:
+            cost = 0.0
+        else:
+            rin, rcached, rout = self._rates.get(model) or self._rate(model)
+            if cached > prompt:
+                cached = prompt
+            # The same expression as ``Price.cost``, so the row's cost is the access log's to the last bit.
+            cost = ((prompt - cached) * rin + cached * rcached + outcome.completion_tokens * rout) / 1_000_000
+        nil = self.nil
         latency = (outcome.finished - outcome.started) * 1000.0
         upstream = outcome.upstream_seconds * 1000.0
         first = outcome.first_chunk_seconds
         flags = self.flags
         self.add((
-            outcome.request_id, now, self._day if now < self._day_ends else self._today(now), outcome.key_name,
-            outcome.model, provider, name, outcome.surface, outcome.status, outcome.cache,
-            outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens, cost,
-            latency, upstream, latency - upstream, None if first is None else first * 1000.0,
-            outcome.attempts, outcome.error_type, outcome.error_code, flags[outcome.client_gone], flags[outcome.usage_estimated],
+            outcome.request_id, now, self._day if now < self._day_ends else self._today(now), outcome.key_name or nil,
+            outcome.model or nil, provider or nil, name or nil, outcome.surface, outcome.status, outcome.cache or nil,
+            prompt, outcome.completion_tokens, outcome.cached_tokens, cost,
+            latency, upstream, latency - upstream, self.no_ms if first is None else first * 1000.0,
+            outcome.attempts, outcome.error_type or nil, outcome.error_code or nil,
+            flags[outcome.client_gone], flags[outcome.usage_estimated],
         ))

@@ -47,6 +47,11 @@ _DAY, _KEY, _MODEL, _STATUS, _CACHE = (COLUMNS.index(c) for c in ("day", "key_na
 _PROMPT, _COMPLETION, _CACHED, _COST = (COLUMNS.index(c) for c in ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"))
 _ADD = ", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in _SUMS)
 _SQLITE_CHUNKS = (256, 64, 16, 4, 1)  # rows per INSERT statement: any batch in a few statements of prepared SQL
+_NO_MS = -1.0  # no first chunk (a plain answer): no time is negative
+# The nullable columns of a SQLite row: the listener hands '' (or -1.0) for NULL, since sqlite3 binds None
+# only through its adapter lookup; a row with None there (other callers) is stored as NULL all the same.
+_SQLITE_VALUE = {c: "nullif(?, '')" for c in ("key_name", "model", "provider", "deployment", "cache", "error_type", "error_code")}
+_SQLITE_VALUE["first_chunk_ms"] = f"nullif(?, {_NO_MS})"
 
 _PG_UPSERT = (
     f"INSERT INTO usage_daily (day, key_name, model, {', '.join(_SUMS)}) "
@@ -98,11 +103,12 @@ class LedgerWriter:
         if self._postgres:
             self.day = _same
             self.flags = (False, True)
+            self.nil = (None, None)  # (text, float) NULLs: COPY writes None as NULL at no cost
         else:
             self.day = dt.date.isoformat  # how SQLAlchemy stores a Date in SQLite, without sqlite3's adapter call
             self.flags = (0, 1)
-            ncols = len(COLUMNS)
-            one = "(" + ", ".join("?" * ncols) + ")"
+            self.nil = ("", _NO_MS)  # bound without an adapter lookup; ``nullif`` in the INSERT makes them NULL
+            one = "(" + ", ".join(_SQLITE_VALUE.get(c, "?") for c in COLUMNS) + ")"
             head = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES "
             self._inserts = [(n, head + ", ".join([one] * n)) for n in _SQLITE_CHUNKS]
             # sqlite3 binds None through its adapter lookup, which (no adapter found) asks the protocol type
