@@ -274,26 +274,51 @@ async def test_flush_namespace_locally(cache):
         await cache.flush("bad*pattern")
 
 
-async def test_a_miss_does_not_analyse_its_candidates(cache, monkeypatch):
-    """Entries are analysed when stored: a lookup analyses only its own prompt (cold misses stay cheap)."""
+async def test_a_miss_analyses_a_candidate_once_and_only_past_its_literals(cache, monkeypatch):
+    """Entries keep the first part of their analysis from their store; a lookup completes its own and a
+    candidate's only when the two share their literals, once (kept for the next lookups and the store)."""
     import gateway.cache.semantic as core
+    import gateway.cache.text as text
 
     for q in ("Convert Fahrenheit to Celsius", "Please convert Fahrenheit to Celsius", "Convert the Fahrenheit to Celsius"):
         await store(cache, q, "C = (F - 32) / 1.8", headers={"cache-control": "no-cache"})  # stored, not looked up
-    assert all(e.analysis is not None for e in cache.entries.by_key.values())
-    calls = []
-    real = core.analyse
-    monkeypatch.setattr(core, "analyse", lambda text: calls.append(text) or real(text))
+    assert all(e.analysis is not None and len(e.analysis) == 2 for e in cache.entries.by_key.values())
+    keys, full = [], []
+    real_key, real_full = core.key_analysis, text.analyse
+    monkeypatch.setattr(core, "key_analysis", lambda t: keys.append(t) or real_key(t))
+    monkeypatch.setattr(text, "analyse", lambda t: full.append(t) or real_full(t))
     r = await lookup(cache, "Convert Celsius to Fahrenheit")  # the same content words: three candidates
     assert r.status == "miss" and cache.stats()["guard_rejects"] == {"direction": 3}
-    assert calls == ["Convert Celsius to Fahrenheit"]
-    # ... and that analysis is kept for the request's own store, not made twice.
+    assert keys == ["Convert Celsius to Fahrenheit"]
+    assert sorted(full) == sorted(["Convert Celsius to Fahrenheit", "Convert Fahrenheit to Celsius",
+                                   "Please convert Fahrenheit to Celsius", "Convert the Fahrenheit to Celsius"])
+    full.clear()
+    r = await lookup(cache, "Convert Celsius to Fahrenheit please")
+    assert r.status == "miss" and full == ["Convert Celsius to Fahrenheit please"]  # the candidates' are kept
+    # ... and the lookup's part is kept for the request's own store, not made twice.
     req = chat("Tell me fact number 99 about the benchmark run")
     await cache.lookup(req)
-    calls.clear()
+    keys.clear()
+    full.clear()
     cache.store(req, completion("99"))
     await cache.drain()
-    assert calls == [] and cache.entries.by_key[req.cache_state.view.exact].analysis is not None
+    assert keys == full == [] and cache.entries.by_key[req.cache_state.view.exact].analysis is not None
+
+
+async def test_candidates_with_other_literals_are_rejected_without_the_whole_analysis(cache, monkeypatch):
+    """Unique prompts of one template ("fact number 7 about ..."): every candidate has another number,
+    so neither the lookup nor its candidates pay for the veto's part of the analysis."""
+    import gateway.cache.text as text
+
+    for i in range(6):
+        await store(cache, f"Tell me fact number {i} about the benchmark run", str(i))
+    full = []
+    real = text.analyse
+    monkeypatch.setattr(text, "analyse", lambda t: full.append(t) or real(t))
+    r = await lookup(cache, "Tell me fact number 42 about the benchmark run")
+    assert r.status == "miss" and cache.stats()["guard_rejects"].get("numbers", 0) >= 1
+    assert full == []
+    assert all(len(e.analysis) == 2 for e in cache.entries.by_key.values())
 
 
 async def test_entry_memory_is_small():
@@ -545,7 +570,7 @@ async def test_a_failing_analysis_gives_a_miss_and_keeps_exact_hits(cache, monke
     def broken(text):
         raise RuntimeError("analysis exploded")
 
-    monkeypatch.setattr(core, "analyse", broken)
+    monkeypatch.setattr(core, "key_analysis", broken)
     assert (await lookup(cache, "How can I reverse a list in Python?")).status == "miss"
     await store(cache, "How do I sort a list in Python?", "sorted()")  # stored for the exact tier
     assert (await lookup(cache, "How do I sort a list in Python?")).status == "hit"

@@ -27,7 +27,7 @@ import orjson
 from gateway.cache.controls import in_namespace
 from gateway.cache.embed import HASH_DIM
 from gateway.cache.entries import INDEX_HASHED, Entries, Entry
-from gateway.cache.text import analyse, content_key, is_long
+from gateway.cache.text import content_key, is_long, key_analysis
 
 if TYPE_CHECKING:
     from gateway.cache.config import CacheConfig
@@ -234,7 +234,7 @@ class Mirror:
                 e.ckey = m.get("ck")
                 indexed = bool(raw)  # the writer sends a vector for long prompts only
                 if e.ckey is None:  # written by a version without content keys
-                    e.analysis = analyse(e.text)
+                    e.analysis = key_analysis(e.text)
                     e.ckey = content_key(e.scope, e.analysis)
                     indexed = is_long(e.analysis)
                 if indexed:

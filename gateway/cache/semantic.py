@@ -13,8 +13,11 @@
                 executor thread (the model releases the GIL); only candidates that
                 passed the screen reach it
 
-Prompts are analysed when stored, so a lookup analyses only its query; entries
-loaded from Redis are analysed in the background (:meth:`Semantic.backfill`).
+A lookup makes the first part of its query's analysis (text.key_analysis: the literals and content
+words, for the content key and the index to search) and an entry keeps that part from its store;
+both are completed (text.completed) only when a candidate shares the query's literals, the one case
+in which the screen reads more. Entries loaded from Redis get their part in the background
+(:meth:`Semantic.backfill`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from gateway.cache.embed import HASH_DIM, HashEmbedder, StaticEmbedder, Verifier
 from gateway.cache.entries import INDEX_STATIC, Entries, Entry
 from gateway.cache.index import TickSearches
 from gateway.cache.keys import RequestView
-from gateway.cache.text import added_words, analyse, content_key, guard, is_long, is_short, veto
+from gateway.cache.text import added_words, completed, content_key, guard, is_long, is_short, key_analysis, literals_differ, veto
 
 if TYPE_CHECKING:
     from gateway.cache.cache import LookupState
@@ -154,7 +157,7 @@ class Semantic:
         """
         qa = st.analysis
         if qa is None:
-            qa = st.analysis = analyse(v.query)
+            qa = st.analysis = key_analysis(v.query)
         st.ckey = content_key(v.scope, qa)
         cands: list[Candidate] = [(c, None) for c in self.entries.with_ckey(st.ckey, now)]
         if is_long(qa):
@@ -176,11 +179,12 @@ class Semantic:
     async def _match(self, st: LookupState, query: str, cands: list[Candidate]) -> tuple[Entry | None, float]:
         """Guard, then verifier: the best candidate that means the same as ``query``, or None."""
         try:
-            # The guard runs here, on the loop: the query was analysed once (25-220 µs, kept for
-            # this request's own store), the candidates when they were stored, so it is a few
-            # comparisons. On a thread it would cost as much CPU, plus the hand-off, and hold the
-            # GIL against the loop for up to the switch interval.
-            passing = self._screen(st.analysis, cands)
+            # The guard runs here, on the loop: most candidates differ from the query in a literal
+            # (a number, a name in quotes), which the analyses' first part tells; the rest of both
+            # analyses is made once, for those that do not (kept: the query's for this request's
+            # own store, the entry's for its next lookups). On a thread it would cost as much CPU,
+            # plus the hand-off, and hold the GIL against the loop for up to the switch interval.
+            passing = self._screen(st, query, cands)
             if not passing:
                 return None, 0.0
             if self.verifier is None:  # embedder = "hash": the hashed cosine decides
@@ -216,14 +220,21 @@ class Semantic:
         finally:
             self._pending -= 1
 
-    def _screen(self, qa: tuple, cands: list[Candidate]) -> list[tuple[Entry, float | None, int, bool]]:
+    def _screen(self, st: LookupState, query: str, cands: list[Candidate]) -> list[tuple[Entry, float | None, int, bool]]:
         """The candidates worth the verifier: (entry, index cosine, words added, judged by the veto)."""
         passing = []
+        qa = st.analysis
         by_veto = self.static is not None and is_short(qa)
         for e, sim in cands:
             ea = e.analysis
             if ea is None:  # loaded from Redis and not yet reached by the backfill
-                ea = e.analysis = analyse(e.text)
+                ea = e.analysis = key_analysis(e.text)
+            why = literals_differ(qa, ea)
+            if why is not None:
+                self.guard_rejects[why] += 1
+                continue
+            qa = st.analysis = completed(qa, query)
+            ea = e.analysis = completed(ea, e.text)
             if by_veto and is_short(ea):
                 why, vetoed = veto(qa, ea), True
                 added = added_words(qa, ea) if why is None else 0
@@ -277,9 +288,10 @@ class Semantic:
     # ------------------------------------------------------------------ store
 
     def prepare(self, e: Entry, scope: str, analysis: tuple | None, ckey: int | None, hvec, svec=None):
-        """Analyse a prompt being stored (once, so no lookup analyses its candidates): (hashed vector of
-        a long prompt, static vector of a short one (minilm)), None for the one it does not need."""
-        e.analysis = a = analysis or analyse(e.text)
+        """The first part of a stored prompt's analysis (the lookup's, else made here; the rest when it
+        first shares a lookup's literals), its content key, and (hashed vector of a long prompt, static
+        vector of a short one (minilm)), None for the one it does not need."""
+        e.analysis = a = analysis or key_analysis(e.text)
         e.ckey = ckey if ckey is not None else content_key(scope, a)
         if is_long(a):
             return (hvec if hvec is not None else self.hasher.vector(e.text)), None
@@ -354,7 +366,7 @@ class Semantic:
                     if self.entries.labels.get(e.label) is not e:
                         continue
                     if e.analysis is None:
-                        e.analysis = analyse(e.text)
+                        e.analysis = key_analysis(e.text)
                     if self.static is not None and not e.indexed & INDEX_STATIC and is_short(e.analysis):
                         self.entries.add_static(e, self.static.vector(e.text))
             except Exception:  # noqa: BLE001

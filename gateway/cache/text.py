@@ -180,6 +180,22 @@ _IDENTS = re.compile(
     r"`[^`]{1,80}`|'[^'\s][^']{0,60}'|\"[^\"]{1,60}\""
     r"|\b\w++(?:(?:[._]\w++)+|\(\))|\b[a-z]++[A-Z]\w*+|\b[A-Z]{2,}+[a-z]\w*+"
 )
+# Necessary for an _OPS match (each of its alternatives has one of these): most prompts have none, and
+# this search costs a tenth of _OPS's.
+_OP_CHARS = re.compile(r"[-+*/^<>=%!]")
+# Necessary for an _IDENTS match: a quote, a call's "(", a "." or "_" before a word character; or an
+# upper-case letter after a letter (camelCase, "HTTPs"), which needs one after the first character.
+_IDENT_MARKS = re.compile(r"[`'\"(]|[._]\w")
+_IDENT_CASE = re.compile(r"[a-zA-Z][A-Z]")
+
+
+def _may_have_idents(text: str) -> bool:
+    if _IDENT_MARKS.search(text) is not None:
+        return True
+    rest = text[1:]
+    return rest != rest.lower() and _IDENT_CASE.search(text) is not None
+
+
 # Language names the word regex would cut up (c++ -> c).
 _SPECIAL_LANGS = re.compile(r"(?<![\w.])(c\+\+|c#|f#|\.net|node\.js|objective-c)(?![\w])")
 _SPECIAL_LANGS_ANY_CASE = re.compile(_SPECIAL_LANGS.pattern, re.IGNORECASE)
@@ -282,12 +298,25 @@ def _digest64(text: str) -> int:
     return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
+# Most of a signature's values are the same few ("()", "False"): their digests are remembered (a
+# signature cost 5 blake2b calls, ~17 µs, a third of a lookup's analysis). Bounded: unique numbers
+# would otherwise fill it.
+_VALUE_DIGESTS: dict[str, int] = {}
+
+
 def _signature(*values) -> int:
     # blake2b, not hash(): string hashes differ between processes, and the signature is part of the
     # content key that workers share through Redis. Values are sorted tuples, so their repr is stable.
     sig = 0
+    memo = _VALUE_DIGESTS
     for i, v in enumerate(values):
-        sig |= _digest64(repr(v)) << (64 * i)
+        r = repr(v)
+        d = memo.get(r)
+        if d is None:
+            d = _digest64(r)
+            if len(memo) < 4096:
+                memo[r] = d
+        sig |= d << (64 * i)
     return sig
 
 
@@ -342,12 +371,41 @@ def normalise(text: str) -> str:
 
 def analyse(text: str) -> tuple:
     """The prompt's :class:`Analysis`, as a plain tuple (see there why)."""
+    key, ctx = _key_part(text)
+    return key + _veto_part(len(key[1]), *ctx)
+
+
+def key_analysis(text: str) -> tuple:
+    """The first two fields of the prompt's :class:`Analysis` (``sig``, ``content``): all a lookup needs
+    before it has a candidate with the same literals (the content key, which index to search), and what
+    an entry keeps until it is one. About half of :func:`analyse`'s time; :func:`completed` adds the rest."""
+    return _key_part(text)[0]
+
+
+def completed(a: tuple, text: str) -> tuple:
+    """``a`` (of ``text``) as a whole :class:`Analysis`: itself when it already is one."""
+    return a if len(a) > 2 else analyse(text)
+
+
+def literals_differ(a: tuple, b: tuple) -> str | None:
+    """The first literal rule two prompts differ in (both :func:`guard` and :func:`veto` reject on it
+    first), or None; needs only :func:`key_analysis`."""
+    if a[0] == b[0]:
+        return None
+    # The lowest differing 64-bit field is the first rule that differs (a hash collision, 2**-64 a
+    # rule, would let a pair through to the rest).
+    x = a[0] ^ b[0]
+    return LITERAL_RULES[((x & -x).bit_length() - 1) // 64]
+
+
+def _key_part(text: str) -> tuple[tuple, tuple]:
+    """(sig, content), and what the veto's part goes on from: (text, optext, low, words, wset)."""
     if not text.isascii():
         text = normalise(text)
     if "'" in text:
         text = _APOS.sub(r"\1\2", text)  # "don't" -> "dont", "what's" -> "whats"
     idents = set()
-    for m in _IDENTS.findall(text):
+    for m in _IDENTS.findall(text) if _may_have_idents(text) else ():
         if m[0] in "`'\"":
             m = m[1:-1]
         m = m.strip().lower()
@@ -358,7 +416,7 @@ def analyse(text: str) -> tuple:
         optext = _SPECIAL_LANGS_ANY_CASE.sub("lang", optext)  # "C++ code" has no "++" operator
     if " -" in optext:
         optext = _DASH.sub(" , ", optext)
-    ops = _OPS.findall(optext)
+    ops = _OPS.findall(optext) if _OP_CHARS.search(optext) else []
     if ops and "(" in text:
         ops += _PARENS.findall(text)
     ops = tuple(sorted(ops))
@@ -385,6 +443,12 @@ def analyse(text: str) -> tuple:
         numbers.append(_ROMAN_VALUES[r])
     content = {_stem_cached(w) for w in wset - STOPWORDS - NEGATIONS - _NUMBER_WORD_SET}
     content.update(numbers)
+    sig = _signature(tuple(sorted(numbers)), bool(wset & NEGATIONS), tuple(sorted(langs)), ops, tuple(sorted(idents)))
+    return (sig, tuple(sorted(content))), (text, optext, low, words, wset)
+
+
+def _veto_part(n_content: int, text: str, optext: str, low: str, words: list[str], wset: set[str]) -> tuple:
+    """The Analysis fields after ``content``."""
     arrows: tuple[tuple[str, str], ...] = ()
     seq: tuple[str, ...] = ()
     if wset & DIRECTION_WORDS:
@@ -397,7 +461,7 @@ def analyse(text: str) -> tuple:
     lits: tuple = ()
     nums: tuple = ()
     kind = last = 0
-    if len(content) < VETO_WORDS:
+    if n_content < VETO_WORDS:
         # For the contrast veto (short prompts): the content words in order (synonyms as their group,
         # relation words as "~to" ...), the capitalised names, the kind of request.
         toks = tuple(_tok(w) for w in words if w not in _SKIP or w in RELATION_WORDS)
@@ -415,19 +479,7 @@ def analyse(text: str) -> tuple:
         lits = (_symbols(optext), tuple(sorted(m.lower() for m in _FLAGS_SNAKE.findall(text))),
                 2 if wset & _TURNED or ("from" in wset and _TURNED_FROM.search(low)) else int(bool(wset & _ENDING)))
         nums = _number_contexts(words)
-    return (
-        _signature(tuple(sorted(numbers)), bool(wset & NEGATIONS), tuple(sorted(langs)), ops, tuple(sorted(idents))),
-        tuple(sorted(content)),
-        arrows,
-        seq,
-        toks,
-        names,
-        kind,
-        parts,
-        last,
-        lits,
-        nums,
-    )
+    return (arrows, seq, toks, names, kind, parts, last, lits, nums)
 
 
 def _language_use(w: str, text: str, words: list[str], wset: set[str]) -> bool:
@@ -522,11 +574,9 @@ def guard(a: tuple, b: tuple) -> tuple[str | None, int]:
     ``added`` is how many content words one prompt adds to the other (a
     narrower question: the caller asks the verifier for a higher similarity).
     """
-    if a[0] != b[0]:
-        # The lowest differing 64-bit field is the first rule that differs (a
-        # hash collision, 2**-64 a rule, would let a pair through to the rest).
-        x = a[0] ^ b[0]
-        return LITERAL_RULES[((x & -x).bit_length() - 1) // 64], 0
+    why = literals_differ(a, b)
+    if why is not None:
+        return why, 0
     ca, cb = set(a[1]), set(b[1])
     shared = set(ca & cb)
     only_a = [w for w in ca - cb if w not in NEUTRAL_STEMS]
@@ -824,9 +874,9 @@ def veto(a: tuple, b: tuple) -> str | None:
     "Canada" / "Brazil", "merge sort" / "quick sort"); another kind of request
     (who / why / when / where, "what is X" / "write X", "what is X" / "how do I X").
     """
-    if a[0] != b[0]:
-        x = a[0] ^ b[0]
-        return LITERAL_RULES[((x & -x).bit_length() - 1) // 64]
+    why = literals_differ(a, b)
+    if why is not None:
+        return why
     la, lb = a[9], b[9]
     if la != lb:
         if la[0] != lb[0]:
