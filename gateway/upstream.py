@@ -95,9 +95,9 @@ class UpstreamStream:
     """An open provider stream, yielding batches of OpenAI chunks per network read.
 
     Every chunk is checked (``check_chunks``, which also counts the answer's
-    characters into the state); a stream that ends without its end marker
-    (``[DONE]``, or a finish reason: Anthropic's and Gemini's last events
-    carry one) is cut, an error rather than a complete answer; and a
+    characters into the state, or the adapter's own parse: ``CHECKS_CHUNKS``);
+    a stream that ends without its end marker (``[DONE]``, or a finish reason:
+    Anthropic's and Gemini's last events carry one) is cut, an error rather than a complete answer; and a
     stream that sends only SSE comments for ``idle`` seconds has timed out,
     though each comment resets the transport's per-read bound.
     """
@@ -121,6 +121,7 @@ class UpstreamStream:
         state = self.state
         decoder = SSEDecoder(self._req.max_event_bytes)
         idle = self._idle
+        checks = not getattr(adapter, "CHECKS_CHUNKS", False)  # else the adapter's parse checked them
         last_data = perf_counter()
         done = False
         try:
@@ -137,7 +138,8 @@ class UpstreamStream:
                         done = True
                     out.extend(parse(data, state))
                 if out:
-                    state.content_chars += check_chunks(out, label)
+                    if checks:
+                        state.content_chars += check_chunks(out, label)
                     yield out
             out = []
             for data in decoder.flush():
@@ -145,7 +147,8 @@ class UpstreamStream:
                     done = True
                 out.extend(parse(data, state))
             if out:
-                state.content_chars += check_chunks(out, label)
+                if checks:
+                    state.content_chars += check_chunks(out, label)
                 yield out
             if not done and state.finish_reason is None:
                 raise _cut(label)

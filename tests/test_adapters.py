@@ -270,6 +270,38 @@ def test_openai_malformed_stream_event_is_502():
     assert raises(openai.parse_stream_event, b'{"choices": 5}', state).status == 502
 
 
+_CHUNK = b'{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[%s]}'
+
+
+@pytest.mark.parametrize(
+    "choice, what",
+    [
+        (b"1", "a choice is not an object"),
+        (b'{"index":0,"delta":"hello","finish_reason":null}', "'delta' is not an object"),
+        (b'{"index":0,"delta":{"content":5},"finish_reason":null}', "'delta.content' is not a string"),
+        (b'{"index":0,"delta":{"content":"x"},"finish_reason":7}', "'finish_reason' is not a string"),
+        (b'{"index":"0","delta":{"content":"x"},"finish_reason":null}', "'index' is not an integer"),
+    ],
+)
+def test_openai_stream_checks_its_own_chunks(choice, what):
+    # The adapter says CHECKS_CHUNKS, so the stream skips the common check: these must fail here.
+    assert openai.CHECKS_CHUNKS is True
+    state = openai.new_stream(chat(stream=True), OPENAI)
+    err = raises(openai.parse_stream_event, _CHUNK % choice, state)
+    assert err.status == 502 and err.code == "upstream_bad_response" and what in err.message
+
+
+def test_openai_stream_counts_content_and_tool_call_characters_and_mirrors_the_first_identity():
+    state = openai.new_stream(chat(stream=True), OPENAI)
+    call = b'{"index":0,"id":"t","type":"function","function":{"name":"get","arguments":"{\\"a\\":1}"}}'
+    openai.parse_stream_event(_CHUNK % b'{"index":0,"delta":{"content":"Hello"},"finish_reason":null}', state)
+    openai.parse_stream_event(_CHUNK % (b'{"index":0,"delta":{"tool_calls":[%s]},"finish_reason":null}' % call), state)
+    later = _CHUNK.replace(b'"id":"c"', b'"id":"other"') % b'{"index":0,"delta":{},"finish_reason":"stop"}'
+    openai.parse_stream_event(later, state)
+    assert state.content_chars == len("Hello") + len("get") + len('{"a":1}')
+    assert (state.id, state.model, state.created, state.finish_reason) == ("c", "m", 1, "stop")
+
+
 def test_openai_4xx_keeps_openai_error_verbatim():
     body = (
         b'{"error":{"message":"This model\'s maximum context length is 128000 tokens.",'

@@ -136,6 +136,9 @@ WORD = _CHUNK % b'{"index":0,"delta":{"content":"half"},"finish_reason":null}'
 BAD_STREAMS = [
     _sse(_CHUNK % b'{"index":0,"delta":"hello","finish_reason":null}'),  # delta a string
     _sse(_CHUNK % b"1"),  # a choice that is an integer
+    _sse(_CHUNK % b'{"index":0,"delta":{"content":5},"finish_reason":null}'),  # content a number
+    _sse(_CHUNK % b'{"index":0,"delta":{"content":"x"},"finish_reason":7}'),  # finish_reason a number
+    _sse(_CHUNK % b'{"index":"0","delta":{"content":"x"},"finish_reason":null}'),  # index a string
     b'{"id":"x","object":"chat.completion","choices":[]}',  # a plain JSON body, not a stream
     b"",  # no event at all
 ]

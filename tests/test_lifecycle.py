@@ -265,6 +265,22 @@ def test_request_ids_are_unique_within_and_across_forked_workers():
     assert request_id("client-given-id") == "client-given-id"
 
 
+@pytest.mark.parametrize(
+    "raw, want",
+    [
+        ([], {}),
+        ([(b"authorization", b"Bearer k"), (b"x-a", b"1")], {"authorization": "Bearer k", "x-a": "1"}),
+        ([(b"x-a", b"1"), (b"x-a", b"2")], {"x-a": "2"}),  # a repeated name: the last wins, as before
+        ([(b"x-a", b"caf\xe9"), (b"x-b", b"")], {"x-a": "caf\u00e9", "x-b": ""}),  # latin-1; an empty value
+        ([(b"x-a", b"one\ntwo"), (b"x-b", b"3")], {"x-a": "one\ntwo", "x-b": "3"}),  # a line feed: pair by pair
+    ],
+)
+def test_scope_headers_decode_every_pair(raw, want):
+    from gateway.http.chat import scope_headers
+
+    assert scope_headers({"headers": raw}) == want
+
+
 async def test_a_plain_request_whose_client_leaves_at_once_is_cancelled_too(gw, sim):
     """The watch on a plain answer starts late (relay.LAZY_WATCH_SECONDS), but a client that left before it still
     cancels the upstream request once it does."""

@@ -1,8 +1,8 @@
-"""The coarse per-request timers (gateway/http/timers.py): fire once, within a tick; disarmed ones never."""
+"""The coarse per-request timers (gateway/timers.py): fire once, within a tick; disarmed ones never."""
 
 import asyncio
 
-from gateway.http.timers import TICK, Timers
+from gateway.timers import TICK, Timers
 
 
 class Probe:

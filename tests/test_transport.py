@@ -218,6 +218,29 @@ async def test_timeout_before_headers(transport, hang):
         assert 0.25 < time.monotonic() - t0 < 2.0
 
 
+async def test_a_timed_out_call_closes_the_upstream_and_leaves_its_task_usable(transport, hang):
+    """aiohttp's plain-call deadline is the coarse timers' (it cancels the task, send maps that): the time-out
+    must not leave the task cancelled (a failover goes on in it) nor the hung connection open."""
+    before = hang.stats()["total"]["in_flight"]
+    with pytest.raises(GatewayError) as info:
+        await transport.send(chat(hang.openai_base_url), 0.3)
+    assert info.value.code == "upstream_timeout"
+    assert asyncio.current_task().cancelling() == 0
+    await asyncio.sleep(0.01)  # a task left cancelled would raise CancelledError here
+    assert await until(lambda: hang.stats()["total"]["in_flight"] == before, 2.0)
+
+
+async def test_a_cancel_during_a_call_stays_a_cancel(transport, hang):
+    """The client gone (or a hedge lost) while the call waits: a CancelledError, not a time-out."""
+    task = asyncio.ensure_future(transport.send(chat(hang.openai_base_url), 0.2))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.3)  # past the cancelled call's deadline: its timer, disarmed, must cancel nothing
+    assert asyncio.current_task().cancelling() == 0
+
+
 async def test_timeout_between_chunks(transport, sim):
     sim.configure("openai", tokens_per_second=2, response_tokens=20, chunk_tokens=1)  # a chunk every 0.5 s
     resp = await transport.open(chat(sim.openai_base_url, stream=True), 0.3)

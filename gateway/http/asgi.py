@@ -26,7 +26,7 @@ from gateway.cache import Cache
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.http import admin, chat, headers, messages
 from gateway.http.relay import Relay
-from gateway.http.timers import Timers
+from gateway.timers import Timers
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.finish import Finish
 from gateway.pipeline.outcome import Outcome
@@ -84,7 +84,7 @@ class Gateway:
         self.web = admin.build(self)
         # Fixed for the process's life, like the connection limits it is derived from.
         self.body_reads = chat.BodyReads(settings.max_body_reads or settings.worker_connections // 2)
-        self.timers = Timers()  # the per-request deadlines that almost never fire (gateway/http/timers.py)
+        self.timers = Timers()  # the per-request deadlines that almost never fire (gateway/timers.py)
         self.ws = WebSockets(self)
 
     @property

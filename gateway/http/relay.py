@@ -17,7 +17,7 @@ from time import perf_counter
 from typing import Protocol
 
 from gateway.errors import GatewayError
-from gateway.http.timers import Timers
+from gateway.timers import Timers
 from gateway.pipeline.admission import Admission, Inbound
 from gateway.pipeline.finish import Finish
 from gateway.pipeline.outcome import Outcome
@@ -70,7 +70,7 @@ class Watch:
         self.expired = False  # the body deadline passed: the reading task was cancelled for it
         self._next = None
         self._fut = None
-        self._timers = timers  # the lazy start's coarse timer (gateway/http/timers.py); None: start at once
+        self._timers = timers  # the lazy start's coarse timer (gateway/timers.py); None: start at once
         self._slot: int | None = None
         # While the body is read: the deadline's seconds after the timer fires. The reader sets it back
         # to None when the body is in (an attribute, not a method: this is on every request).

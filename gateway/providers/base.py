@@ -9,6 +9,10 @@ without a network:
 - ``parse_stream_event(data, state) -> list[dict]``  (OpenAI ``chat.completion.chunk`` dicts)
 - ``map_error(status, data) -> GatewayError``
 
+An adapter whose ``parse_stream_event`` checks the chunks it returns (as
+``common.check_chunks`` does, counting their characters into the state) sets
+``CHECKS_CHUNKS = True``, and the stream skips the common check.
+
 ``body`` is an already validated OpenAI Chat Completions request (a dict).
 
 ``Provider`` holds what the rest of the gateway knows about one provider; each
@@ -64,6 +68,7 @@ class StreamState:
     finish_reason: str | None = None
     extra: dict = field(default_factory=dict)
     content_chars: int = 0  # answer characters in the chunks checked so far (gateway/upstream.py)
+    mirrored: bool = False  # an adapter that mirrors the upstream's chunk identity has done so
 
 
 @dataclass(frozen=True, slots=True)

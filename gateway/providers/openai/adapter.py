@@ -13,9 +13,12 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.providers.base import Deployment, StreamState, UpstreamRequest
-from gateway.providers.common import bad_upstream, check_usage, error_details, load_object, map_status, new_id, now
+from gateway.providers.common import (
+    bad_upstream, check_choice, check_usage, error_details, load_object, map_status, new_id, now,
+)
 
 LABEL = "OpenAI"
+CHECKS_CHUNKS = True  # parse_stream_event checks the chunks it returns (see gateway/upstream.py)
 
 # In-stream errors carry no HTTP status; recover one from the error type/code.
 _TYPE_STATUS = {"invalid_request_error": 400, "rate_limit_error": 429, "rate_limit_exceeded": 429, "insufficient_quota": 429}
@@ -59,9 +62,17 @@ def new_stream(body: dict, deployment: Deployment) -> StreamState:
 
 
 def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
+    """One event's chunk, checked here (``CHECKS_CHUNKS``) in the walk that finds its finish reason: the
+    body passes through, and the common check after any adapter (``common.check_chunks``) walked
+    every chunk a second time."""
     if data == b"[DONE]":
         return []
-    obj = load_object(data, LABEL)
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise bad_upstream(LABEL, "body is not JSON") from None
+    if type(obj) is not dict:
+        raise bad_upstream(LABEL, "expected a JSON object")
     if obj.get("error"):
         raise _embedded_error(data)
     # We always ask for usage upstream; whether the client sees it is the
@@ -70,18 +81,20 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
     if usage:
         state.usage = check_usage(usage, LABEL)
     choices = obj.get("choices")
-    if not isinstance(choices, list):
+    if type(choices) is not list:
         if choices is None:
             return []
         raise bad_upstream(LABEL, "stream chunk 'choices' is not an array")
     if not choices:  # the usage-only chunk (choices: [])
         return []
-    # Mirror the upstream identity so the pipeline's own usage chunk matches.
-    state.id = obj.get("id", state.id)
-    state.model = obj.get("model", state.model)
-    state.created = obj.get("created", state.created)
+    if not state.mirrored:  # the upstream identity, so the pipeline's own usage chunk matches (once a stream)
+        state.mirrored = True
+        state.id = obj.get("id", state.id)
+        state.model = obj.get("model", state.model)
+        state.created = obj.get("created", state.created)
     for c in choices:
-        reason = c.get("finish_reason") if isinstance(c, dict) else None
+        state.content_chars += check_choice(c, "delta", LABEL)
+        reason = c.get("finish_reason")  # checked: None or a string
         if reason:
             state.finish_reason = reason
     return [obj]
