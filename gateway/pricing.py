@@ -54,12 +54,13 @@ _UNSET = object()
 class Prices:
     """The price table; ``cost`` is a dict lookup (memoised per model name) and two multiplications."""
 
-    __slots__ = ("table", "default", "_memo")
+    __slots__ = ("table", "default", "_memo", "_priced")
 
     def __init__(self, prices: dict[str, Price] | None = None, default: Price = DEFAULT) -> None:
         self.table = dict(DEFAULTS if prices is None else prices)
         self.default = default
         self._memo: dict[str, Price | None] = {}
+        self._priced: dict[str | None, Price] = {}  # model -> price() for cost(): one lookup a row, not three calls
 
     @classmethod
     def from_table(cls, raw: dict[str, Any]) -> "Prices":
@@ -105,4 +106,9 @@ class Prices:
         return found
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        return self.price(model).cost(prompt_tokens, completion_tokens, cached_tokens)
+        price = self._priced.get(model)
+        if price is None:
+            price = self.price(model)
+            if len(self._priced) < 4096:  # bounded like ``_memo``
+                self._priced[model] = price
+        return price.cost(prompt_tokens, completion_tokens, cached_tokens)

@@ -97,9 +97,10 @@ class UpstreamStream:
     Every chunk is checked (``check_chunks``, which also counts the answer's
     characters into the state, or the adapter's own parse: ``CHECKS_CHUNKS``);
     a stream that ends without its end marker (``[DONE]``, or a finish reason:
-    Anthropic's and Gemini's last events carry one) is cut, an error rather than a complete answer; and a
-    stream that sends only SSE comments for ``idle`` seconds has timed out,
-    though each comment resets the transport's per-read bound.
+    Anthropic's and Gemini's last events carry one) is cut, an error rather
+    than a complete answer; and a stream that sends only SSE comments for
+    ``idle`` seconds has timed out, though each comment resets the
+    transport's per-read bound.
     """
 
     __slots__ = ("deployment", "state", "_resp", "_adapter", "_req", "_idle")

@@ -27,7 +27,7 @@ class Recorder:
     missing first-chunk time -1.0, which the INSERT turns back into NULL (``writer.nil``).
     """
 
-    __slots__ = ("writer", "add", "prices", "flags", "nil", "no_ms", "_rates", "_day", "_day_ends")
+    __slots__ = ("writer", "add", "prices", "flags", "nil", "no_ms", "_day", "_day_ends")
 
     def __init__(self, writer, prices) -> None:
         self.writer = writer
@@ -35,18 +35,8 @@ class Recorder:
         self.prices = prices
         self.flags = writer.flags  # (false, true) as the driver binds them: indexed by the outcome's bool
         self.nil, self.no_ms = writer.nil  # a NULL text / float column as handed to the writer (it stores NULL)
-        # model → (input, cached input, output) USD per 1M tokens: ``Prices.cost`` inline, without its three
-        # calls a row (a third of this listener's time). Bounded like ``Prices``' own memo.
-        self._rates: dict[str | None, tuple[float, float, float]] = {}
         self._day = None
         self._day_ends = 0.0
-
-    def _rate(self, model: str | None) -> tuple[float, float, float]:
-        p = self.prices.price(model)
-        rate = (p.input, p.input if p.cached_input is None else p.cached_input, p.output)
-        if len(self._rates) < 4096:
-            self._rates[model] = rate
-        return rate
 
     def _today(self, now: float):
         if now >= self._day_ends:  # one day value per UTC day, not one per request
@@ -65,15 +55,8 @@ class Recorder:
         # reported before the cut, or, when it reported nothing (OpenAI's usage comes last), the estimate
         # (``usage_estimated``).
         provider, name, model = (None, None, outcome.model) if d is None else (d.provider, d.name, d.model)
-        prompt, cached = outcome.prompt_tokens, outcome.cached_tokens
-        if outcome.from_cache:
-            cost = 0.0
-        else:
-            rin, rcached, rout = self._rates.get(model) or self._rate(model)
-            if cached > prompt:
-                cached = prompt
-            # The same expression as ``Price.cost``, so the row's cost is the access log's to the last bit.
-            cost = ((prompt - cached) * rin + cached * rcached + outcome.completion_tokens * rout) / 1_000_000
+        prompt = outcome.prompt_tokens
+        cost = 0.0 if outcome.from_cache else self.prices.cost(model, prompt, outcome.completion_tokens, outcome.cached_tokens)
         nil = self.nil
         latency = (outcome.finished - outcome.started) * 1000.0
         upstream = outcome.upstream_seconds * 1000.0

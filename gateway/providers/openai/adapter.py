@@ -67,12 +67,7 @@ def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
     every chunk a second time."""
     if data == b"[DONE]":
         return []
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise bad_upstream(LABEL, "body is not JSON") from None
-    if type(obj) is not dict:
-        raise bad_upstream(LABEL, "expected a JSON object")
+    obj = load_object(data, LABEL)
     if obj.get("error"):
         raise _embedded_error(data)
     # We always ask for usage upstream; whether the client sees it is the
