@@ -19,18 +19,15 @@ from gateway.ledger import LedgerWriter, Recorder
 
 log = logging.getLogger("gateway")
 
-REDIS_PREFIX = "gw:"
-
-
 class Accounting:
     def __init__(self, settings) -> None:
         self.engine = settings_engine(settings)
         self.writer = LedgerWriter(self.engine, settings.ledger_buffer_rows)
         self.recorder = Recorder(self.writer, settings.prices)
         self.store = KeyStore(self.engine)
-        self.keys = KeyCache(self.store, settings.key_refresh_seconds, settings.redis_url, REDIS_PREFIX)
+        self.keys = KeyCache(self.store, settings.key_refresh_seconds, settings.redis_url, settings.redis_prefix)
         self.budgets = Budgets(
-            settings.prices, self.engine, settings.redis_url, REDIS_PREFIX, keys=lambda: self.keys.by_hash.values(),
+            settings.prices, self.engine, settings.redis_url, settings.redis_prefix, keys=lambda: self.keys.by_hash.values(),
             reconcile_seconds=settings.budget_reconcile_seconds, healthy=self._ledger_current,
             writer=None if settings.redis_url else self.writer,  # no Redis: the budget is shared through the database
         )

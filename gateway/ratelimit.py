@@ -19,7 +19,7 @@ any number of workers and instances without a round trip per request:
   (1 / the workers last seen using the key), logs it, counts it, and keeps
   trying in the background; leasing resumes as soon as Redis answers.
 
-Keys in Redis are hash-tagged per API key (``gw:rl:{tag}:...``), so both
+Keys in Redis are hash-tagged per API key (``<GATEWAY_REDIS_PREFIX>rl:{tag}:...``), so both
 keys of a script call share one slot and the same script runs on Redis Cluster.
 """
 
@@ -171,9 +171,9 @@ class Shared:
         "pending", "spent", "since", "fallback", "down_until", "owed", "scarce", "lease",
     )
 
-    def __init__(self, rule: Rule, tag: str, kind: str, active: int, now: float) -> None:
+    def __init__(self, rule: Rule, tag: str, kind: str, active: int, now: float, prefix: str = "gw:") -> None:
         self.rule = rule
-        self.redis_key = f"gw:rl:{{{tag}}}:{kind}"
+        self.redis_key = f"{prefix}rl:{{{tag}}}:{kind}"
         self.workers_key = self.redis_key + ":w"
         self.allowance = 0.0  # leased and not spent; negative: spent beyond the lease, owed to Redis
         self.expires = 0.0
@@ -344,7 +344,10 @@ class Limiter:
     def _shared(self, key, kind: str, rule: Rule, now: float) -> Shared:
         s = self.shared.get((key.key, kind))
         if s is None or s.rule != rule:
-            s = self.shared[(key.key, kind)] = Shared(rule, key_tag(key.key), kind, self.settings().worker_processes, now)
+            settings = self.settings()
+            s = self.shared[(key.key, kind)] = Shared(
+                rule, key_tag(key.key), kind, settings.worker_processes, now, settings.redis_prefix,
+            )
             self._ensure_sweeper()
         return s
 

@@ -31,6 +31,9 @@ BAD_ENV = [
     ("API_URL", "localhost:8000", "API_URL"),
     ("API_URL", "http://localhost:99999", "API_URL"),
     ("REDIS_URL", "http://localhost:6379", "REDIS_URL"),
+    ("GATEWAY_REDIS_PREFIX", "two words:", "GATEWAY_REDIS_PREFIX"),
+    ("GATEWAY_REDIS_PREFIX", "{tag}:", "GATEWAY_REDIS_PREFIX"),
+    ("GATEWAY_REDIS_PREFIX", "x" * 65, "GATEWAY_REDIS_PREFIX"),
     ("ENVIRONMENT", "moon", "ENVIRONMENT"),
     ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
     ("OPENAI_BASE_URL", "not a url", "OPENAI_BASE_URL"),
@@ -97,6 +100,16 @@ def test_env_values_are_parsed() -> None:
     assert s.log_level == "DEBUG"
     assert s.configured_providers == ["openai"]
     assert set(s.api_keys) == {"k1", "k2"}
+
+
+def test_the_redis_prefix_reaches_the_cache_unless_the_cache_sets_its_own(tmp_path) -> None:
+    assert load_settings({}).redis_prefix == "gw:" and load_settings({}).cache_config.redis_prefix == "gw:cache:"
+    s = load_settings({"GATEWAY_REDIS_PREFIX": "blue:"})
+    assert s.redis_prefix == "blue:" and s.cache_config.redis_prefix == "blue:cache:"
+    path = tmp_path / "g.toml"
+    path.write_text('[gateway]\ngateway_redis_prefix = "green:"\n[cache]\nredis_prefix = "own:"\n')
+    s = load_settings({"GATEWAY_CONFIG": str(path)})
+    assert s.redis_prefix == "green:" and s.cache_config.redis_prefix == "own:"
 
 
 def test_toml_file_and_env_override(tmp_path) -> None:

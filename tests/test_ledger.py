@@ -438,7 +438,9 @@ async def test_reconciliation_restores_redis_spend_from_the_ledger(sim, db_url, 
 
     from gateway.budget import period_of
 
-    r = Running(sim, db_url, REDIS_URL=redis_url, GATEWAY_BUDGET_RECONCILE_SECONDS="0")
+    # A prefix of its own: another test run on this Redis must not hold the reconcile lease or see the counter.
+    prefix = f"gwt-{uuid.uuid4().hex[:8]}:"
+    r = Running(sim, db_url, REDIS_URL=redis_url, GATEWAY_BUDGET_RECONCILE_SECONDS="0", GATEWAY_REDIS_PREFIX=prefix)
     red = aioredis.from_url(redis_url)
     try:
         a, b = await r.add(), await r.add()
@@ -453,7 +455,7 @@ async def test_reconciliation_restores_redis_spend_from_the_ledger(sim, db_url, 
             assert await app.accounting.writer.flush(5)
             await asyncio.gather(*app.accounting.budgets._tasks)  # the settles reached Redis
         slot = f"{name}:{period_of('day')[0]}"
-        counter, held = f"gw:budget:{slot}", f"gw:budget:{slot}:held"
+        counter, held = f"{prefix}budget:{slot}", f"{prefix}budget:{slot}:held"
         spent = (await select(db_url, sa.select(sa.func.sum(usage.c.cost_usd).label("usd")).where(usage.c.key_name == name)))[0]["usd"]
         assert spent > 0 and await red.hlen(held) == 0  # every reservation settled
         assert float(await red.get(counter)) == pytest.approx(spent, rel=1e-9)
@@ -487,7 +489,7 @@ async def test_reconciliation_restores_redis_spend_from_the_ledger(sim, db_url, 
         assert not row["corrected"]  # within 1 % of the budget: the ledger's batching lag, left alone
 
         # The lease: of two workers asking in the same interval, one runs the pass.
-        await red.delete("gw:budget:reconcile-lease")
+        await red.delete(f"{prefix}budget:reconcile-lease")
         assert await a.accounting.budgets.reconcile() is not None
         assert await b.accounting.budgets.reconcile() is None
 
@@ -645,6 +647,46 @@ async def test_a_revocation_reaches_other_workers_through_redis(sim, db_url, red
             await asyncio.sleep(0.02)
         assert ex.status == 401
     finally:
+        await r.close()
+
+
+async def test_one_redis_prefix_names_every_key_and_channel(sim, db_url, redis_url):
+    """GATEWAY_REDIS_PREFIX: a deployment's rate-limit buckets, budget counters and key-change channel all
+    start with it, so two deployments (or two test runs) on one Redis never read or lease each other's."""
+    import redis.asyncio as aioredis
+
+    from gateway.budget import period_of
+
+    prefix = f"gwt-{uuid.uuid4().hex[:8]}:"
+    r = Running(sim, db_url, REDIS_URL=redis_url, GATEWAY_REDIS_PREFIX=prefix, RATE_LIMIT_ENABLED="true")
+    red = aioredis.from_url(redis_url)
+    pubsub = red.pubsub()
+    try:
+        gw = await r.add()
+        await pubsub.subscribe(prefix + "keys")
+        name = "prefixed-" + uuid.uuid4().hex[:8]
+        ex = await call(gw, orjson.dumps({"name": name, "budget_usd": 1.0, "budget_period": "day"}), key=ADMIN_KEY, path="/admin/keys")
+        secret = orjson.loads(ex.text)["key"]
+        announced = None
+        for _ in range(50):
+            announced = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if announced:
+                break
+        assert announced is not None and announced["channel"] == (prefix + "keys").encode()
+        assert (await call(gw, chat(max_tokens=20), key=secret)).status == 200
+        await asyncio.gather(*gw.accounting.budgets._tasks)
+        ours = {k.decode() async for k in red.scan_iter(match=prefix + "*")}
+        buckets = [k for k in ours if k.startswith(prefix + "rl:{") and k.endswith("}:req")]
+        assert len(buckets) == 1, ours  # the key's request bucket
+        tag = buckets[0][len(prefix) + 4:-5]
+        assert f"{prefix}budget:{name}:{period_of('day')[0]}" in ours, ours
+        assert [k async for k in red.scan_iter(match=f"gw:*{tag}*")] == []
+        assert [k async for k in red.scan_iter(match=f"gw:budget:{name}*")] == []
+    finally:
+        await pubsub.aclose()
+        for k in [k async for k in red.scan_iter(match=prefix + "*")]:
+            await red.delete(k)
+        await red.aclose()
         await r.close()
 
 

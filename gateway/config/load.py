@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from gateway.auth import ApiKey
 from gateway.config.types import ROUTE_OPTIONS, ConfigError, ModelGroup, ProviderSettings, RoutePolicy, Settings
-from gateway.config.validate import boolean, choice, database_url, file, integer, number, string, table, url
+from gateway.config.validate import boolean, choice, database_url, file, integer, number, redis_prefix, string, table, url
 from gateway.providers.base import Deployment
 from gateway.providers.registry import PROVIDERS as REGISTRY
 
@@ -48,6 +48,7 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "GATEWAY_TRANSPORT": ("transport", lambda n, v: choice(n, v, TRANSPORTS)),
     "UPSTREAM_CA_BUNDLE": ("upstream_ca_bundle", lambda n, v: file(n, v)),
     "REDIS_URL": ("redis_url", lambda n, v: url(n, v, ("redis", "rediss", "unix"))),
+    "GATEWAY_REDIS_PREFIX": ("redis_prefix", redis_prefix),
     "CACHE_TTL_SECONDS": ("cache_ttl_seconds", lambda n, v: integer(n, v, 1, 10 * 365 * 86_400)),
     "SEMANTIC_THRESHOLD": ("semantic_threshold", lambda n, v: number(n, v, 0, 1, lo_open=True)),
     "RATE_LIMIT_REQUESTS_PER_MINUTE": ("rate_limit_requests_per_minute", lambda n, v: integer(n, v, 1, 10**9)),
@@ -313,6 +314,7 @@ def _cache_config(s: Settings, explicit: Callable[[str], bool]):
     ):
         if explicit(key) or name not in mapping:
             mapping[name] = value
+    mapping.setdefault("redis_prefix", s.redis_prefix + "cache:")  # [cache] redis_prefix, when set, wins
     if "max_ttl_seconds" not in mapping:
         mapping["max_ttl_seconds"] = max(CacheConfig.max_ttl_seconds, mapping["ttl_seconds"])
     try:

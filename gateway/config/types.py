@@ -105,6 +105,9 @@ class Settings:
     implicit_fallback: bool | None = None  # None: on when simulated; see gateway.routing.resolve
     # Cache
     redis_url: str | None = None
+    # GATEWAY_REDIS_PREFIX: every Redis key and channel of this deployment starts with it (cache, limits,
+    # budgets, key changes), so two deployments or test runs can share one Redis without reading each other's.
+    redis_prefix: str = "gw:"
     cache_ttl_seconds: int = 3600
     semantic_threshold: float = 0.85
     cache: dict[str, Any] = field(default_factory=dict)  # the TOML [cache] table

@@ -133,6 +133,14 @@ def string(name: str, raw: Any) -> str:
     return raw.strip()
 
 
+def redis_prefix(name: str, raw: Any) -> str:
+    """A Redis key prefix: printable, no spaces, no braces (they would make a Redis Cluster hash tag)."""
+    value = raw if isinstance(raw, str) else ""
+    if not value or len(value) > 64 or not value.isprintable() or any(c in value for c in " {}"):
+        raise ConfigError(f"{name}: expected up to 64 printable characters without spaces or braces, got {raw!r}")
+    return value
+
+
 def table(name: str, raw: Any) -> dict:
     if raw is None:
         return {}
