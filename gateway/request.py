@@ -33,14 +33,15 @@ class ChatRequest:
     group: ModelGroup | None = None  # the resolved group, bound to the snapshot admitted under
     outcome: Outcome = None  # type: ignore[assignment]  # what happened, filled in by every stage (admission sets it)
     default_timeout: float = 30.0  # REQUEST_TIMEOUT_SECONDS of the snapshot admitted under (set by admission)
+    # Up to here, the fields admission passes (positionally: a class call with keywords builds a dict).
+    max_upstream_bytes: int = 16 * 1_048_576  # GATEWAY_MAX_UPSTREAM_BYTES: a provider's whole answer
+    max_event_bytes: int = 1_048_576  # GATEWAY_MAX_EVENT_BYTES: one event of a provider's stream
+    kind: str = "chat"  # "chat" | "embeddings" (gateway.embeddings): which adapter functions serve it
     cache_controls: Any = None  # the cache headers, validated at admission (None: no cache)
     cache_state: Any = None  # what the cache's lookup learnt, for its store
     trace: Any = None  # the request's OpenTelemetry span when tracing is on (gateway/tracing.py)
-    max_upstream_bytes: int = 16 * 1_048_576  # GATEWAY_MAX_UPSTREAM_BYTES: a provider's whole answer
-    max_event_bytes: int = 1_048_576  # GATEWAY_MAX_EVENT_BYTES: one event of a provider's stream
     budget: Any = None  # the cost reserved against the key's budget at admission (gateway/budget.py), settled at finish
     meter: Any = None  # meter(chars) per streamed batch when a token limit applies (gateway/ratelimit.py)
-    kind: str = "chat"  # "chat" | "embeddings" (gateway.embeddings): which adapter functions serve it
     prompt_estimate: int = -1  # prompt_tokens()'s figure once computed
 
     def prompt_tokens(self) -> int:

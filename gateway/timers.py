@@ -43,9 +43,10 @@ class Timers:
         entries = self._slots.get(slot)
         if entries is None:
             entries = self._slots[slot] = set()
+            # Only a new slot can need the loop timer: while any slot is armed, it ticks.
+            if self._handle is None:
+                self._handle = loop.call_later(TICK, self._tick)
         entries.add(entry)
-        if self._handle is None:
-            self._handle = loop.call_later(TICK, self._tick)
         return slot
 
     def disarm(self, slot: int, entry: Entry) -> None:

@@ -274,11 +274,12 @@ def _message(i: int, msg: object) -> None:
     if not isinstance(role, str) or role not in ROLES:
         raise _not_one_of(f"{param}.role", sorted(ROLES), role)
     content = msg.get("content")
-    if content is not None:
+    if content is None:
+        if role != "assistant" and (role != "function" or "content" not in msg):
+            # The schema lets an assistant message omit content, and a function message send null.
+            raise invalid(f"'{param}.content' is required.", param=f"{param}.content", code="missing_required_parameter")
+    elif type(content) is not str:  # a string is valid content for every role: no call for the usual message
         _content(role, content, f"{param}.content")
-    elif role != "assistant" and (role != "function" or "content" not in msg):
-        # The schema lets an assistant message omit content, and a function message send null.
-        raise invalid(f"'{param}.content' is required.", param=f"{param}.content", code="missing_required_parameter")
     for name, value in msg.items():
         if name == "role" or name == "content":
             continue

@@ -168,7 +168,15 @@ def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, 
         reads.active += 1
         watch.reading(timeout)
         try:
-            return await _read(receive, declared, limit)
+            msg = await _receive(receive)
+            body = msg.get("body", b"")
+            # Granian sends the whole body with more_body=True and then an empty message;
+            # when Content-Length says we have it all, skip that extra hop through the loop.
+            if not msg.get("more_body") or len(body) == declared:
+                if len(body) > limit:
+                    raise too_large(limit)
+                return body  # here, not in a coroutine of its own: one made and resumed less per request
+            return await _rest(receive, body, limit)
         except asyncio.CancelledError:
             if not watch.expired or watch.task.uncancel() > 0:
                 raise  # not our deadline (shutdown, or the server's own cancel), or another cancel on top
@@ -182,24 +190,19 @@ def body_reader(receive: Receive, content_length: str | None, reads: BodyReads, 
     return read
 
 
-async def _read(receive, declared: int, limit: int) -> bytes:
-    msg = await _receive(receive)
-    body = msg.get("body", b"")
-    # Granian sends the whole body with more_body=True and then an empty message;
-    # when Content-Length says we have it all, skip that extra hop through the loop.
-    if not msg.get("more_body") or len(body) == declared:
-        if len(body) > limit:
-            raise too_large(limit)
-        return body
+async def _rest(receive, body: bytes, limit: int) -> bytes:
+    """The messages after the first (``body``), which said more would come."""
     parts = [body]
     size = len(body)
-    while msg.get("more_body"):
+    more = True
+    while more:
         msg = await _receive(receive)
         chunk = msg.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
         parts.append(chunk)
+        more = msg.get("more_body")
     return b"".join(parts)
 
 
@@ -235,7 +238,9 @@ def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surface, rou
     (each upstream read, each stream chunk) passes through every coroutine frame above it, so this one
     layer less is paid on each of them."""
     hdrs = scope_headers(scope) if hdrs is None else hdrs
-    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), route=route, method=scope["method"])
+    # Positional (surface, route, method), as Inbound below: a class call with keywords builds a dict for them
+    # (1.4k and 0.8k instructions, callgrind).
+    outcome = Outcome(request_id(hdrs.get("x-request-id")), perf_counter(), "rest", route, scope["method"])
     surface = make_surface(send, outcome)
     relay: Relay = gateway.relay
     if scope["method"] != "POST":
@@ -243,7 +248,7 @@ def serve(gateway, scope: Scope, receive: Receive, send: Send, make_surface, rou
     snap = gateway.router.state
     watch = Watch(gateway.timers)
     read = body_reader(receive, hdrs.get("content-length"), gateway.body_reads, snap.settings.body_timeout_seconds, watch)
-    inbound = Inbound(hdrs, translate(read) if translate is not None else read, "rest", kind=kind)
+    inbound = Inbound(hdrs, translate(read) if translate is not None else read, "rest", True, kind)
     return relay.serve(snap, inbound, outcome, surface, watch, receive)
 
 

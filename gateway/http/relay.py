@@ -166,9 +166,12 @@ class Relay:
                 if req.stream:
                     await self._stream(req, surface)
                 else:
-                    completion = await self.pipeline.lookup(req)
+                    pipeline = self.pipeline
+                    # No lookup coroutine to make and run when the cache is off.
+                    completion = await pipeline.lookup(req) if pipeline.cache is not None else None
                     if completion is None:
-                        completion = await self.pipeline.complete(req)
+                        completion = await pipeline.complete(req)
+                        pipeline.answered(req, completion)
                     watch.stop()
                     watch = None  # stopped: the answer is out, a late disconnect changes nothing
                     outcome.status = 200
@@ -210,7 +213,7 @@ class Relay:
         rest = None
         try:
             # The cache answers before any keepalive, so a stream's headers always carry x-cache.
-            hit = await self.pipeline.lookup(req)
+            hit = await self.pipeline.lookup(req) if self.pipeline.cache is not None else None
             if hit is not None:
                 first, rest = self.pipeline.replay(req, hit)
             else:

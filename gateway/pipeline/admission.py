@@ -84,10 +84,11 @@ class Admission:
         timeout = settings.request_timeout_seconds
         if "x-gateway-timeout" in headers:
             timeout = _timeout(headers["x-gateway-timeout"])
+        # All positional: a class call with keywords builds a dict for them (1.8k instructions, callgrind).
         req = ChatRequest(
             body, model, stream, bool(opts and opts.get("include_usage")), outcome.request_id, key, headers,
             outcome.started, asyncio.get_running_loop().time() + timeout, group, outcome, settings.request_timeout_seconds,
-            max_upstream_bytes=settings.max_upstream_bytes, max_event_bytes=settings.max_event_bytes, kind=inbound.kind,
+            settings.max_upstream_bytes, settings.max_event_bytes, inbound.kind,
         )
         if self.cache is not None:
             req.cache_controls = parse_controls(headers, self.cache.config.max_ttl_seconds)

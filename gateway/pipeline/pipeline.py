@@ -11,7 +11,7 @@ reports on a request run in the finish hook, never here.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable
 
 from gateway.cache import Cache, replay_chunks
 from gateway import shapes
@@ -40,14 +40,19 @@ class Pipeline:
         out.add_usage(result.response.get("usage"))  # what the answer would have cost: the saved-cost metric
         return result.response
 
-    async def complete(self, req: ChatRequest) -> dict:
-        """An answer from a provider (the cache was looked up already)."""
-        completion = await self.router.complete(req, req.group)
+    def complete(self, req: ChatRequest) -> Awaitable[dict]:
+        """An answer from a provider (the cache was looked up already); the caller hands it to ``answered``.
+
+        The router's coroutine, not one of ours around it: every resume of the request (each upstream
+        read) passes through every coroutine frame above it, so this is one layer less on each."""
+        return self.router.complete(req, req.group)
+
+    def answered(self, req: ChatRequest, completion: dict) -> None:
+        """What follows a provider's answer: its usage, and the cache's copy."""
         req.outcome.add_usage(completion.get("usage"))
         # A rerouted answer is another model's: it is not this request's model's answer to keep.
         if self.cache is not None and not req.outcome.rerouted:
             self.cache.store(req, completion)  # queues; the writer task embeds, indexes and mirrors
-        return completion
 
     @staticmethod
     def replay(req: ChatRequest, hit: dict) -> tuple[list[dict], Batches]:

@@ -212,7 +212,8 @@ class Health:
 
     def success(self, now: float, a: Attempt, latency: float) -> None:
         """An answer that shows the deployment works (``latency`` < 0: do not sample it)."""
-        self._end(a)
+        self.inflight -= 1  # _end, inline: this runs on every answer
+        a.done = True
         self.last_answer = now
         probe = a.probe
         self.consecutive = 0

@@ -151,7 +151,7 @@ def parse_response(data: bytes, deployment: Deployment) -> dict:
 
 
 def new_stream(body: dict, deployment: Deployment) -> StreamState:
-    state = StreamState(id=new_id(), model=deployment.model, created=now())
+    state = StreamState(new_id(), deployment.model, now())  # positional: keywords would build a dict
     state.extra["calls"] = {}  # content block index -> its tool call's index (None: the JSON tool)
     return state
 

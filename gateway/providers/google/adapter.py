@@ -167,7 +167,7 @@ def parse_response(data: bytes, deployment: Deployment) -> dict:
 
 
 def new_stream(body: dict, deployment: Deployment) -> StreamState:
-    state = StreamState(id=new_id(), model=deployment.model, created=now())
+    state = StreamState(new_id(), deployment.model, now())  # positional: keywords would build a dict
     state.extra["started"] = set()  # candidate indexes that got their role chunk
     state.extra["calls"] = {}  # candidate index -> tool calls sent so far
     return state

@@ -58,7 +58,7 @@ def parse_response(data: bytes, deployment: Deployment) -> dict:
 
 
 def new_stream(body: dict, deployment: Deployment) -> StreamState:
-    return StreamState(id=new_id(), model=deployment.model, created=now())
+    return StreamState(new_id(), deployment.model, now())  # positional: keywords would build a dict
 
 
 def parse_stream_event(data: bytes, state: StreamState) -> list[dict]:
