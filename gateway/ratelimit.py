@@ -171,7 +171,7 @@ class Shared:
         "pending", "spent", "since", "fallback", "down_until", "owed", "scarce", "lease",
     )
 
-    def __init__(self, rule: Rule, tag: str, kind: str, active: int, now: float, prefix: str = "gw:") -> None:
+    def __init__(self, rule: Rule, tag: str, kind: str, active: int, now: float, prefix: str) -> None:
         self.rule = rule
         self.redis_key = f"{prefix}rl:{{{tag}}}:{kind}"
         self.workers_key = self.redis_key + ":w"

@@ -83,7 +83,7 @@ def install(callback: Callable[[], None]) -> bool:
         return False
     try:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
-    except (RuntimeError, ValueError):  # NotImplementedError is a RuntimeError
+    except (RuntimeError, ValueError):  # a loop without signal support raises a RuntimeError subclass
         return False  # not the main thread, or no signal support in this loop
     return True
 
