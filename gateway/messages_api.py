@@ -20,6 +20,7 @@ from __future__ import annotations
 import orjson
 
 from gateway.errors import GatewayError, invalid
+from gateway.providers import features
 
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal", "function_call": "tool_use"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -38,15 +39,11 @@ def _image(block: dict, where: str) -> dict:
 
 
 def _text_of(content: object, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for j, b in enumerate(content):
-            if not isinstance(b, dict) or b.get("type") != "text":
-                raise invalid(f"{where}.{j}: only text blocks are supported here.", param=where, code="unsupported_content")
-            texts.append(b.get("text") or "")
-        return "".join(texts)
+    def refuse(j: int) -> Exception:
+        return invalid(f"{where}.{j}: only text blocks are supported here.", param=where, code="unsupported_content")
+    text = features.joined_text(content, refuse)
+    if text is not None:
+        return text
     if content is None:
         return ""
     raise invalid(f"{where}: must be a string or a list of blocks.", param=where, code="invalid_type")

@@ -180,3 +180,16 @@ def test_simulated_error_has_the_providers_shape():
         assert reply.status == 503 and "error" in orjson.loads(reply.body)
         err = PROVIDERS[name].adapter.map_error(503, reply.body)
         assert err.status == 502 and "HTTP 503" in err.message and "registry says no" in err.message, err
+
+
+def test_each_providers_facts_ship_in_the_wheel():
+    """``Provider.load`` reads the folder's provider.toml at import: a wheel without it could not start."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gateway.providers"]
+    for name in NAMES:
+        assert (root / "gateway" / "providers" / name / "provider.toml").is_file()
+        assert any(fnmatch.fnmatch(f"{name}/provider.toml", g) for g in globs), name

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Protocol
 
@@ -149,12 +150,12 @@ class Watch:
                 fut.cancel()
 
 
+@dataclass(slots=True)
 class Relay:
-    def __init__(self, admission: Admission, pipeline: Pipeline, finish: Finish, ping_seconds: float) -> None:
-        self.admission = admission
-        self.pipeline = pipeline
-        self.finish = finish
-        self.ping_seconds = ping_seconds
+    admission: Admission
+    pipeline: Pipeline
+    finish: Finish
+    ping_seconds: float
 
     async def serve(self, snap, inbound: Inbound, outcome: Outcome, surface: Surface, watch: Watch, next_message=None) -> None:
         """Admit, answer and frame one request; ``next_message`` (see ``Watch``) tells when the client leaves."""

@@ -22,7 +22,9 @@ format, and ``registry`` lists them.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from types import ModuleType
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -73,19 +75,37 @@ class StreamState:
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """One provider's facts, so that adding a provider touches its folder and one registry line."""
+    """One provider's facts, so that adding a provider touches its folder and one registry line.
+
+    Its folder's ``provider.toml`` holds them as data (``load``); the environment variables and the
+    simulated module follow from the name unless given.
+    """
 
     name: str  # as in Deployment.provider, [providers.NAME] and /_sim/config
     adapter: ModuleType  # the pure transforms above
     prefix: str  # regex: the model names that are this provider's when no group or alias names them
-    catalogue: tuple[str, ...]  # what the gateway's /v1/models lists while the provider is configured
+    catalogue: tuple[str, ...]  # what /v1/models lists and implicit groups serve (with dated snapshots of these)
     small: str  # regex: a model name of the small tier (any provider's), for implicit fallback
     equivalent: Mapping[str, str]  # tier ("small" | "large") -> this provider's like-for-like model
     base_url: str  # the public API, used when no base URL is configured
-    api_key_env: str
-    base_url_env: str
-    transport_env: str
-    simulated: str  # the module of its simulated wire format (imported by the simulator only)
+    api_key_env: str = ""  # default NAME_API_KEY
+    base_url_env: str = ""  # default NAME_BASE_URL
+    transport_env: str = ""  # default NAME_TRANSPORT
+    simulated: str = ""  # the module of its simulated wire format (imported by the simulator only); default its folder's
+
+    def __post_init__(self) -> None:
+        env = self.name.upper()
+        for attr, default in (("api_key_env", f"{env}_API_KEY"), ("base_url_env", f"{env}_BASE_URL"),
+                              ("transport_env", f"{env}_TRANSPORT"), ("simulated", f"gateway.providers.{self.name}.simulated")):
+            if not getattr(self, attr):
+                object.__setattr__(self, attr, default)  # frozen: set once, here
+
+    @classmethod
+    def load(cls, package: str, adapter: ModuleType) -> Provider:
+        """The provider whose folder is ``package`` (named for it), from its ``provider.toml``."""
+        facts = tomllib.loads(resources.files(package).joinpath("provider.toml").read_text(encoding="utf-8"))
+        facts["catalogue"] = tuple(facts["catalogue"])
+        return cls(name=package.rpartition(".")[2], adapter=adapter, **facts)
 
     @property
     def base_path(self) -> str:

@@ -138,18 +138,42 @@ def arguments(call: dict, param: str) -> tuple[str, str, dict]:
     return (cid if isinstance(cid, str) else ""), fn["name"], args
 
 
-def result_text(content: Any, param: str) -> str:
-    """A tool message's content as text (a string, or text parts)."""
+def joined_text(content: object, refuse: Callable[[int], Exception]) -> str | None:
+    """A string, or a list of text parts joined; None when ``content`` is neither. ``refuse(j)`` for a non-text part."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         texts = []
         for j, p in enumerate(content):
-            if p.get("type") != "text" or not isinstance(p.get("text"), str):
-                raise invalid(f"'{param}.content[{j}]' must be a text part in a tool message.", param=f"{param}.content", code="invalid_value")
+            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                raise refuse(j)
             texts.append(p["text"])
         return "".join(texts)
-    return ""
+    return None
+
+
+def result_text(content: Any, param: str) -> str:
+    """A tool message's content as text (a string, or text parts)."""
+    def refuse(j: int) -> Exception:
+        return invalid(f"'{param}.content[{j}]' must be a text part in a tool message.", param=f"{param}.content", code="invalid_value")
+    text = joined_text(content, refuse)
+    return "" if text is None else text
+
+
+def alternate(said: list[tuple[str, list[dict]]], key: str, label: str) -> list[dict]:
+    """Turns from (role, parts) pairs: empty ones dropped, neighbours of one role merged, since Claude and
+    Gemini both want user and assistant to alternate, where OpenAI accepts two user messages in a row."""
+    turns: list[dict] = []
+    for role, parts in said:
+        if not parts:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1][key].extend(parts)
+        else:
+            turns.append({"role": role, key: parts})
+    if not turns:
+        raise invalid(f"{label} needs at least one user or assistant message with content.", param="messages", code="invalid_value")
+    return turns
 
 
 def parts(content: object, i: int, label: str, text: Callable[[str], dict], picture: Callable[[Image, str], dict]) -> list[dict]:

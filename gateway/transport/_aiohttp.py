@@ -11,18 +11,12 @@ import aiohttp
 from gateway.errors import GatewayError
 from gateway.providers.base import UpstreamRequest
 from gateway.timers import Timers
-from gateway.transport._base import retry_after_seconds, ssl_context, timed_out, too_large, unreachable
+from gateway.transport._base import OpenStream, retry_after_seconds, ssl_context, timed_out, too_large, unreachable
 
 
-class _AiohttpStream:
-    __slots__ = ("_resp", "status", "retry_after", "_url", "_idle")
-
-    def __init__(self, resp: aiohttp.ClientResponse, url: str, idle: float) -> None:
-        self._resp = resp
-        self._url = url
-        self._idle = idle
-        self.status = resp.status
-        self.retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+class _AiohttpStream(OpenStream):
+    __slots__ = ()
+    _resp: aiohttp.ClientResponse
 
     async def read(self) -> bytes:
         try:
@@ -150,7 +144,7 @@ class AiohttpTransport:
             )
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _failed(exc, req.url, timeout) from None
-        return _AiohttpStream(resp, req.url, timeout)
+        return _AiohttpStream(resp, resp.status, resp.headers.get("Retry-After"), req.url, timeout)
 
     async def close(self) -> None:
         if self._session is not None:

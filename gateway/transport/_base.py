@@ -52,6 +52,19 @@ def ssl_context(ca_bundle: str | None, base: ssl.SSLContext | None = None) -> ss
     return ctx
 
 
+class OpenStream:
+    """What every client's open stream holds: its response, status and Retry-After, and what its errors name."""
+
+    __slots__ = ("_resp", "status", "retry_after", "_url", "_idle")
+
+    def __init__(self, resp, status: int, retry_after: str | None, url: str, idle: float) -> None:
+        self._resp = resp
+        self.status = status
+        self.retry_after = retry_after_seconds(retry_after)
+        self._url = url
+        self._idle = idle
+
+
 class UpstreamResponse(Protocol):
     status: int
     retry_after: float | None

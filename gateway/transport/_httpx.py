@@ -8,18 +8,12 @@ from typing import AsyncIterator
 import httpx
 
 from gateway.providers.base import UpstreamRequest
-from gateway.transport._base import retry_after_seconds, ssl_context, timed_out, too_large, unreachable
+from gateway.transport._base import OpenStream, retry_after_seconds, ssl_context, timed_out, too_large, unreachable
 
 
-class _HttpxStream:
-    __slots__ = ("_resp", "status", "retry_after", "_url", "_idle")
-
-    def __init__(self, resp: httpx.Response, url: str, idle: float) -> None:
-        self._resp = resp
-        self._url = url
-        self._idle = idle
-        self.status = resp.status_code
-        self.retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+class _HttpxStream(OpenStream):
+    __slots__ = ()
+    _resp: httpx.Response
 
     async def read(self) -> bytes:
         try:
@@ -87,7 +81,7 @@ class HttpxTransport:
             raise timed_out(req.url, timeout) from None
         except httpx.HTTPError as exc:
             raise unreachable(req.url, exc.__class__.__name__) from None
-        return _HttpxStream(resp, req.url, timeout)
+        return _HttpxStream(resp, resp.status_code, resp.headers.get("retry-after"), req.url, timeout)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -23,7 +23,7 @@ from pyreqwest.request import StreamRequest
 from pyreqwest.response import Response
 
 from gateway.providers.base import UpstreamRequest
-from gateway.transport._base import retry_after_seconds, timed_out, too_large, unreachable
+from gateway.transport._base import OpenStream, retry_after_seconds, timed_out, too_large, unreachable
 
 # pyreqwest reads a streamed body ahead into a buffer of this many bytes and returns from the send (and
 # from each later read) only once it is full or the body has ended: 64 KiB by default, which holds a whole
@@ -65,16 +65,13 @@ def _resume(step, first):
                 return done.value
 
 
-class _ReqwestStream:
-    __slots__ = ("_request", "_resp", "status", "retry_after", "_url", "_idle")
+class _ReqwestStream(OpenStream):
+    __slots__ = ("_request",)
+    _resp: Response
 
     def __init__(self, request: StreamRequest, resp: Response, url: str, idle: float) -> None:
+        super().__init__(resp, resp.status, resp.get_header("retry-after"), url, idle)
         self._request = request
-        self._resp = resp
-        self._url = url
-        self._idle = idle
-        self.status = resp.status
-        self.retry_after = retry_after_seconds(resp.get_header("retry-after"))
 
     async def read(self) -> bytes:
         try:

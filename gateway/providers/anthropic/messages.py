@@ -43,7 +43,7 @@ def _blocks(content: object, i: int) -> list[dict]:
 def convert(body: dict, out: dict) -> None:
     """Fill ``out`` (the Anthropic request) with system, messages, tools and tool_choice."""
     system: list[str] = []
-    turns: list[dict] = []
+    said: list[tuple[str, list[dict]]] = []
     for i, msg in enumerate(body["messages"]):
         role = msg.get("role")
         if role in ("system", "developer"):
@@ -64,14 +64,8 @@ def convert(body: dict, out: dict) -> None:
                 for k, call in enumerate(msg.get("tool_calls") or ()):
                     cid, name, args = features.arguments(call, f"messages[{i}].tool_calls[{k}]")
                     blocks.append({"type": "tool_use", "id": cid, "name": name, "input": args})
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    if not turns:
-        raise invalid(f"{LABEL} needs at least one user or assistant message with content.", param="messages", code="invalid_value")
+        said.append((role, blocks))
+    turns = features.alternate(said, "content", LABEL)
     for t in turns:  # one plain text block is sent as a string, as most clients do
         c = t["content"]
         if len(c) == 1 and c[0]["type"] == "text":

@@ -88,7 +88,7 @@ def _response(text: str) -> dict:
 def convert(body: dict, out: dict, config: dict) -> None:
     """Fill ``out`` (the Gemini request) with contents, systemInstruction, tools and toolConfig; JSON output in ``config``."""
     system: list[dict] = []
-    turns: list[dict] = []
+    said: list[tuple[str, list[dict]]] = []
     names: dict[str, str] = {}  # tool call id -> function name, for the results that answer them
     for i, msg in enumerate(body["messages"]):
         role = msg.get("role")
@@ -115,15 +115,8 @@ def convert(body: dict, out: dict, config: dict) -> None:
                     cid, name, args = features.arguments(call, f"messages[{i}].tool_calls[{k}]")
                     names[cid] = name
                     parts.append({"functionCall": {"name": name, "args": args}})
-        if not parts:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["parts"].extend(parts)
-        else:
-            turns.append({"role": role, "parts": parts})
-    if not turns:
-        raise invalid(f"{LABEL} needs at least one user or assistant message with content.", param="messages", code="invalid_value")
-    out["contents"] = turns
+        said.append((role, parts))
+    out["contents"] = features.alternate(said, "parts", LABEL)
     if system:
         out["systemInstruction"] = {"parts": system}
     offered = features.tools(body)

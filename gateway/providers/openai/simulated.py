@@ -68,6 +68,19 @@ _ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "functio
 _FINISH = {"end": "stop", "stop_sequence": "stop", "length": "length"}
 
 
+def _usage(prompt: int, completion: int) -> dict:
+    """A chat completion's ``usage``, with every detail field today's API sends (the SDK's CompletionUsage)."""
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+        },
+    }
+
+
 @_endpoint
 def chat(req: Request, s: Settings) -> Reply:
     body = json_object(req.body)
@@ -103,18 +116,7 @@ def chat(req: Request, s: Settings) -> Reply:
         schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
         a.text, a.end = json_answer(schema, a.text), "end"
     finish = _FINISH[a.end]
-    usage = {
-        "prompt_tokens": prompt,
-        "completion_tokens": a.tokens * n,
-        "total_tokens": prompt + a.tokens * n,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
+    usage = _usage(prompt, a.tokens * n)
     cid = new_id("chatcmpl-")
     created = int(time.time())
     if calls:
