@@ -162,7 +162,7 @@ async def test_cancel_closes_the_upstream_request(gw, sim):
         await send(ws, type="cancel", id="other")
 
 
-async def test_bad_messages_answer_errors_and_keep_the_socket(gw):
+async def test_bad_messages_answer_errors_and_keep_the_socket(gw, sim):  # sim: the default pace, not a slow one left by the test before
     async with connect(gw) as ws:
         await ws.send("{not json")
         m = await recv(ws)
