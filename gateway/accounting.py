@@ -22,7 +22,8 @@ log = logging.getLogger("gateway")
 class Accounting:
     def __init__(self, settings) -> None:
         self.engine = settings_engine(settings)
-        self.writer = LedgerWriter(self.engine, settings.ledger_buffer_rows)
+        self.writer = LedgerWriter(self.engine, settings.ledger_buffer_rows, settings.ledger_batch_rows,
+                                   settings.ledger_flush_seconds)
         self.recorder = Recorder(self.writer, settings.prices)
         self.store = KeyStore(self.engine)
         self.keys = KeyCache(self.store, settings.key_refresh_seconds, settings.redis_url, settings.redis_prefix)

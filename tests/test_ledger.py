@@ -8,6 +8,7 @@ over loopback, its database a fresh one per test.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import subprocess
 import sys
@@ -771,3 +772,39 @@ async def test_cached_prompt_tokens_are_priced_at_the_cached_rate_in_the_ledger_
     finally:
         await writer.close()
         await engine.dispose()
+
+
+async def test_batch_and_flush_settings_shape_the_writes(tmp_path, monkeypatch):
+    """GATEWAY_LEDGER_BATCH_ROWS caps a transaction's rows and GATEWAY_LEDGER_FLUSH_SECONDS is how long a lone
+    row waits for company: the worker's writer is built from them."""
+    from gateway.accounting import Accounting
+    from gateway.config.validate import database_url
+
+    url = database_url("DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    upgrade(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("GATEWAY_LEDGER_BATCH_ROWS", "3")
+    monkeypatch.setenv("GATEWAY_LEDGER_FLUSH_SECONDS", "1.5")
+    acc = Accounting(load_settings())
+    writer = acc.writer
+    assert (writer.batch, writer.interval) == (3, 1.5)
+    writer.start()
+    day, no = writer.day(dt.date.today()), writer.flags[False]
+    nil, no_ms = writer.nil
+
+    def row(i: int) -> tuple:
+        return (f"flush-{i}", time.time(), day, "k", "gpt-4o-mini", "openai", "openai:gpt-4o-mini", "rest", 200, nil,
+                1, 1, 0, 0.0, 1.0, 1.0, 0.0, no_ms, 1, nil, nil, no, no)
+
+    try:
+        writer.add(row(0))
+        await asyncio.sleep(0.5)
+        assert writer.written == 0  # a lone row waits for its batch up to the flush interval
+        for i in range(1, 7):
+            writer.add(row(i))
+        assert await writer.flush(5)
+        assert writer.written == 7 and writer.batches >= 3  # 7 rows, at most 3 a transaction
+        assert len(await select(url, sa.select(usage.c.request_id).where(usage.c.request_id.like("flush-%")))) == 7
+    finally:
+        await writer.close()
+        await acc.engine.dispose()

@@ -55,6 +55,8 @@ _ENV: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "RATE_LIMIT_BURST": ("rate_limit_burst", lambda n, v: integer(n, v, 1, 10**9)),
     "DATABASE_URL": ("database_url", database_url),
     "GATEWAY_LEDGER_BUFFER_ROWS": ("ledger_buffer_rows", lambda n, v: integer(n, v, 100, 10**8)),
+    "GATEWAY_LEDGER_BATCH_ROWS": ("ledger_batch_rows", lambda n, v: integer(n, v, 1, 100_000)),
+    "GATEWAY_LEDGER_FLUSH_SECONDS": ("ledger_flush_seconds", lambda n, v: number(n, v, 0, 60, lo_open=True)),
     "GATEWAY_KEY_REFRESH_SECONDS": ("key_refresh_seconds", lambda n, v: number(n, v, 0, 3600, lo_open=True)),
     "GATEWAY_BUDGET_RECONCILE_SECONDS": ("budget_reconcile_seconds", lambda n, v: number(n, v, 0, 86_400)),
     "DATABASE_POOL_SIZE": ("database_pool_size", lambda n, v: integer(n, v, 1, 10_000)),

@@ -122,6 +122,8 @@ class Settings:
     database_max_overflow: int = 40
     database_pool_timeout: float = 30.0
     ledger_buffer_rows: int = 100_000  # usage rows held while the database is down; beyond: counted and logged
+    ledger_batch_rows: int = 1000  # rows per ledger transaction at most
+    ledger_flush_seconds: float = 0.25  # the longest a row waits for its batch in a quiet worker
     key_refresh_seconds: float = 5.0  # how stale a worker's copy of the virtual keys may get without Redis
     budget_reconcile_seconds: float = 60.0  # Redis's shared budget spend checked against the ledger; 0: never
     prices: Any = None  # gateway.pricing.Prices: the defaults with the TOML [pricing] table on top
