@@ -7,6 +7,7 @@ import urllib.request
 
 import aiohttp
 import orjson
+import pytest
 
 from gateway.cli import bind_address
 from tests.harness import API_KEY, GatewayProcess, running_gateway
@@ -115,3 +116,40 @@ def test_serve_process_does_not_import_prometheus_client_before_the_workers_fork
     code = "import sys, gateway.cli; gateway.cli.main(['check-config']); print('prometheus_client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+
+_SIGNAL_IN_THE_WINDOW = """
+import os, signal, sys, threading
+from granian import Granian
+from gateway.cli import lockless_signals
+
+server = Granian("gateway.http.asgi:create_app", factory=True)
+if sys.argv[1] == "fixed":
+    lockless_signals(server)
+event = server.main_loop_interrupt
+watchdog = threading.Timer(5, lambda: (print("deadlocked", flush=True), os._exit(3)))
+watchdog.daemon = True
+watchdog.start()
+with event._cond:  # held, as by the main thread leaving Event.wait after an earlier signal
+    server.signal_handler_interrupt(signal.SIGTERM, None)  # a handler that runs right then
+assert event.wait(5) and server.interrupt_signal
+print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("variant", ["fixed", "granian"])
+def test_a_signal_landing_while_the_main_loop_holds_its_lock_does_not_hang(variant):
+    """A second SIGTERM during shutdown (a supervisor that repeats it, Ctrl-C twice) must not hang `gateway serve`.
+
+    Granian's own handler sets a threading.Event, taking the Event's lock: when the signal lands while the
+    main thread holds that lock, the process waits on itself forever (seen in benchmark shutdowns by two
+    back-to-back SIGTERMs). The "granian" case shows the hang this guards against is real."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_IN_THE_WINDOW, variant], capture_output=True, text=True, timeout=60)
+    if variant == "fixed":
+        assert r.returncode == 0 and "interrupted" in r.stdout, r.stdout + r.stderr
+    else:  # when Granian's handler stops deadlocking, lockless_signals can go
+        assert r.returncode == 3 and "deadlocked" in r.stdout, r.stdout + r.stderr
