@@ -98,16 +98,20 @@ def free_port() -> int:
 # --- /proc -----------------------------------------------------------------------------------
 
 
+def task_ids(pid: int) -> list[str]:
+    """The thread ids of a process ([] once it is gone)."""
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
 def descendants(pid: int) -> list[int]:
     out: list[int] = []
     todo = [pid]
     while todo:
         p = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for t in tasks:
+        for t in task_ids(p):
             try:
                 with open(f"/proc/{p}/task/{t}/children") as f:
                     kids = [int(x) for x in f.read().split()]

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_bench import (  # noqa: E402
-    CHAT_LUA, GatewayProcess, check_chat, fmt_spread, interleaved, proc_ticks, ratio_spreads, run_wrk,
+    CHAT_LUA, GatewayProcess, check_chat, fmt_spread, interleaved, proc_ticks, ratio_spreads, run_wrk, task_ids,
 )
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -50,11 +50,7 @@ def thread_ticks(pids: list[int]) -> dict[str, int]:
     (Granian's, the SQLite writer's), apart: where a cost lands, not only its total."""
     out = {"loop_user": 0, "loop_sys": 0, "other_user": 0, "other_sys": 0}
     for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
+        for tid in task_ids(pid):
             try:
                 with open(f"/proc/{pid}/task/{tid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
